@@ -1,0 +1,1 @@
+"""Scorer plug-ins (format, refusal, judge, latency/length) and the worker that runs them."""

@@ -1,0 +1,1 @@
+"""Drift sentinel: a fixed, versioned evaluation set replayed on a schedule, with history and a gate."""
