@@ -1,0 +1,78 @@
+"""The record contracts shared by the proxy, the scorers and the sentinel.
+
+`shadowtap.pair/v1` and `shadowtap.score/v1` are the wire formats on Kafka and in the JSONL files; their
+JSON Schemas live in `shadowtap/schemas/` and are what tests validate against.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import jsonschema
+
+PAIR_SCHEMA = "shadowtap.pair/v1"
+SCORE_SCHEMA = "shadowtap.score/v1"
+
+Side = Literal["primary", "candidate", "pair"]
+
+
+def utc_now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """Load a bundled JSON Schema: `pair.v1` or `score.v1`."""
+    text = resources.files("shadowtap").joinpath("schemas", f"{name}.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    doc = schema(name)
+    cls = jsonschema.validators.validator_for(doc)
+    return cls(doc, format_checker=cls.FORMAT_CHECKER)
+
+
+def validate_pair(record: dict[str, Any]) -> None:
+    """Raise `jsonschema.ValidationError` when `record` is not a valid pair record."""
+    _validator("pair.v1").validate(record)
+
+
+def validate_score(record: dict[str, Any]) -> None:
+    """Raise `jsonschema.ValidationError` when `record` is not a valid score record."""
+    _validator("score.v1").validate(record)
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One scorer's verdict on one side of a pair, or on the pair as a whole."""
+
+    scorer: str
+    side: Side
+    outcome: str
+    value: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self, pair: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema": SCORE_SCHEMA,
+            "pair_id": pair["id"],
+            "scorer": self.scorer,
+            "side": self.side,
+            "outcome": self.outcome,
+            "value": self.value,
+            "detail": self.detail,
+            "tags": dict(pair.get("tags") or {}),
+            "ts": utc_now_rfc3339(),
+        }
+
+
+def score_key(record: dict[str, Any]) -> str:
+    """The identity of a score record: a re-delivered pair yields the same keys, so nothing double-counts."""
+    return f"{record['pair_id']}/{record['scorer']}/{record['side']}"
