@@ -1,0 +1,122 @@
+"""Where pair records go: the `Sink` interface, the embedded JSONL file, and the factory.
+
+A sink's `submit` is called from the event loop and must never block or raise: it hands the record to
+a bounded queue that a background thread drains. Whatever cannot be delivered is counted (and, for
+Kafka, kept in a bounded spill file and retried) — never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from shadowtap.metrics import Metrics
+
+log = logging.getLogger("shadowtap.sink")
+
+_STOP = object()
+
+
+class Sink(Protocol):
+    """Accepts records from the request path without ever slowing it down."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def submit(self, record: dict[str, Any]) -> None:
+        """Queue one record for delivery; never blocks, never raises."""
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver (or spill) what is queued, within `timeout` seconds."""
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class ThreadedSink:
+    """Base for sinks that write from one background thread fed by a bounded queue."""
+
+    name = "base"
+
+    def __init__(self, metrics: Metrics, queue_size: int = 10_000) -> None:
+        self.metrics = metrics
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        metrics.sink_queue_depth.labels(sink=self.name).set_function(self._queue.qsize)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"shadowtap-sink-{self.name}", daemon=True)
+            self._thread.start()
+
+    def submit(self, record: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.metrics.sink_records.labels(sink=self.name, outcome="dropped").inc()
+            log.error("%s sink queue is full (%d records): record %s dropped", self.name, self._queue.maxsize, record.get("id"))
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.error("%s sink did not drain within %.1fs", self.name, timeout)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            # Drain what is already waiting, so a burst costs one write/flush.
+            while len(batch) < 512:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(r is _STOP for r in batch)
+            records = [r for r in batch if r is not _STOP]
+            if records:
+                try:
+                    self.write(records)
+                except Exception:
+                    log.exception("%s sink failed to write %d records", self.name, len(records))
+                    self.metrics.sink_records.labels(sink=self.name, outcome="failed").inc(len(records))
+            if stop:
+                self.finish()
+                return
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once on the writer thread after the last record."""
+
+
+class JsonlSink(ThreadedSink):
+    """Append-only JSON Lines file, one record a line: the embedded default (`DATA_DIR/pairs.jsonl`)."""
+
+    name = "jsonl"
+
+    def __init__(self, path: Path, metrics: Metrics, queue_size: int = 10_000, *, name: str = "jsonl") -> None:
+        self.name = name
+        super().__init__(metrics, queue_size)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("ab")
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self._file.write(b"".join(encode_record(r) + b"\n" for r in records))
+        self._file.flush()
+        self.metrics.sink_records.labels(sink=self.name, outcome="written").inc(len(records))
+
+    def finish(self) -> None:
+        self._file.close()
