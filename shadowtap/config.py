@@ -67,7 +67,7 @@ class ShadowSettings(_Section):
     # What makes sampling deterministic: "header:<Name>", "body:<field>", or "random".
     sample_key: str = "body:user"
     concurrency: int = Field(default=32, ge=1)
-    queue_size: int = Field(default=256, ge=0)
+    queue_size: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=0)
     # "concurrent": the candidate starts with the primary (fair latency comparison);
     # "after_primary": it starts once the primary has answered (never competes with it).
@@ -265,7 +265,11 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
             msg = "unknown key"
         msg = msg.removeprefix("Value error, ")
         got = err.get("input")
-        suffix = "" if err["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+        suffix = (
+            ""
+            if err["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict)
+            else f" (got {got!r})"
+        )
         lines.append(f"  {key}: {msg}{suffix}")
     return f"invalid configuration ({origin}):\n" + "\n".join(lines)
 

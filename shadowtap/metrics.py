@@ -122,7 +122,10 @@ class Metrics:
             registry=r,
         )
         self.sink_spill_bytes = Gauge(
-            "shadowtap_sink_spill_bytes", "Bytes waiting in the sink's local spill file.", ["sink"], registry=r
+            "shadowtap_sink_spill_bytes",
+            "Bytes waiting in the sink's local spill file.",
+            ["sink"],
+            registry=r,
         )
         self.sink_queue_depth = Gauge(
             "shadowtap_sink_queue_depth", "Records waiting to be written by the sink.", ["sink"], registry=r

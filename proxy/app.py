@@ -1,0 +1,254 @@
+"""The proxy's routes: `/v1/*` passes through to the primary byte for byte; two routes are also mirrored.
+
+Nothing here waits on the shadow, the sink or a scorer: the shadow decision is a cheap parse and a
+`put_nowait`, and the primary's answer is relayed as it arrives, chunk by chunk for streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from shadowtap.proxy.record import SideAssembler, SideResult
+from shadowtap.proxy.shadow import MIRRORED_ROUTES, PairHandler, ShadowDispatcher, ShadowJob
+from shadowtap.proxy.upstream import Upstream, forward_headers, response_headers
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from shadowtap.config import Settings
+from shadowtap.metrics import Metrics, route_label
+
+log = logging.getLogger("shadowtap.proxy")
+
+
+def openai_error(status: int, message: str, type_: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "code": code, "param": None}}, status)
+
+
+class Proxy:
+    """Holds the upstreams, the dispatcher and the metrics for the app's lifetime."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, handlers: list[PairHandler]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.primary = Upstream("primary", settings.primary)
+        self.candidate = Upstream("candidate", settings.candidate) if settings.candidate.url else None
+        self.shadow = (
+            ShadowDispatcher(settings, self.candidate, metrics, handlers)
+            if self.candidate is not None
+            else None
+        )
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.start()
+
+    async def close(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.close(self.settings.server.shutdown_grace_s)
+        await self.primary.aclose()
+        if self.candidate is not None:
+            await self.candidate.aclose()
+
+    async def handle(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        path = request.url.path
+        route = route_label(path)
+        method = request.method
+        body = await request.body()
+        headers = forward_headers(request.scope["headers"])
+
+        job: ShadowJob | None = None
+        if self.shadow is not None and method == "POST" and path in MIRRORED_ROUTES:
+            try:
+                job = self.shadow.consider(route, request.scope["headers"], body)
+                if job is not None and not self.shadow.submit(job):
+                    job = None
+            except Exception:  # a fault on the shadow side must never reach the user
+                log.exception("shadow dispatch failed; serving the primary only")
+                self.metrics.shadow_dropped.labels(route=route, reason="internal_error").inc()
+                job = None
+
+        url = self.primary.url_for(path)
+        query = request.scope.get("query_string", b"")
+        if query:
+            url = f"{url}?{query.decode('latin-1')}"
+        client = self.primary.client
+        upstream_request = client.build_request(method, url, content=body, headers=headers)
+        t_sent = time.perf_counter()
+        try:
+            upstream = await client.send(upstream_request, stream=True)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 for the user
+            return self._primary_failed(exc, route, job, t0, t_sent)
+
+        t_headers = time.perf_counter()
+        status = upstream.status_code
+        content_type = upstream.headers.get("content-type", "")
+        is_stream = content_type.startswith("text/event-stream")
+        out_headers = response_headers(upstream.headers.raw)
+        self.metrics.requests.labels(route=route, side="primary", status=str(status)).inc()
+        assembler = None
+        if job is not None:
+            try:
+                assembler = SideAssembler(
+                    streaming=is_stream,
+                    started=t_sent,
+                    content_encoding=upstream.headers.get("content-encoding"),
+                )
+            except ValueError as exc:
+                self._resolve(job, SideResult(status=status).fail("undecodable", str(exc)))
+
+        if is_stream:
+            response: Response = StreamingResponse(
+                self._relay(upstream, route, job, assembler, t_sent),
+                status_code=status,
+                background=BackgroundTask(upstream.aclose),
+            )
+            response.raw_headers = out_headers
+            self.metrics.overhead.labels(route=route).observe(
+                (t_sent - t0) + (time.perf_counter() - t_headers)
+            )
+            return response
+
+        try:
+            chunks = [chunk async for chunk in upstream.aiter_raw()]
+        except httpx.HTTPError as exc:
+            await upstream.aclose()
+            return self._primary_failed(exc, route, job, t0, t_sent)
+        finally:
+            await upstream.aclose()
+        t_done = time.perf_counter()
+        content = b"".join(chunks)
+        self.metrics.latency.labels(route=route, side="primary").observe(t_done - t_sent)
+        if job is not None and assembler is not None and not job.primary.done():
+            assembler.feed(content, t_done)
+            self._resolve(job, assembler.finish(SideResult(status=status), t_done, route))
+        response = Response(content=content, status_code=status)
+        response.raw_headers = out_headers
+        self.metrics.overhead.labels(route=route).observe((t_sent - t0) + (time.perf_counter() - t_done))
+        return response
+
+    async def _relay(
+        self,
+        upstream: httpx.Response,
+        route: str,
+        job: ShadowJob | None,
+        assembler: SideAssembler | None,
+        t_sent: float,
+    ) -> AsyncIterator[bytes]:
+        """Pass the primary's stream through as it arrives; a copy of each chunk feeds the record."""
+        result = SideResult(status=upstream.status_code)
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+                if assembler is not None:
+                    assembler.feed(chunk, time.perf_counter())
+        except httpx.HTTPError as exc:
+            result.fail("disconnected", f"primary stream broke: {type(exc).__name__}")
+            self.metrics.primary_errors.labels(route=route, kind="disconnected").inc()
+        except (asyncio.CancelledError, GeneratorExit):
+            result.fail("client_disconnected", "the client went away before the stream ended")
+            raise
+        finally:
+            ended = time.perf_counter()
+            await upstream.aclose()
+            self.metrics.latency.labels(route=route, side="primary").observe(ended - t_sent)
+            if job is not None and assembler is not None and not job.primary.done():
+                assembler.finish(result, ended, route)
+                if result.ttft_ms is not None:
+                    self.metrics.ttft.labels(route=route, side="primary").observe(result.ttft_ms / 1000.0)
+                self._resolve(job, result)
+
+    def _primary_failed(
+        self, exc: Exception, route: str, job: ShadowJob | None, t0: float, t_sent: float
+    ) -> JSONResponse:
+        if isinstance(exc, httpx.TimeoutException):
+            kind, status, message = "timeout", 504, "The upstream model server did not answer in time."
+        elif isinstance(exc, httpx.ConnectError):
+            kind, status, message = "connect", 502, "The upstream model server could not be reached."
+        else:
+            kind, status, message = "protocol", 502, "The upstream model server broke the connection."
+        log.warning("primary %s on %s: %s: %s", kind, route, type(exc).__name__, exc)
+        self.metrics.primary_errors.labels(route=route, kind=kind).inc()
+        self.metrics.requests.labels(route=route, side="primary", status="error").inc()
+        if job is not None:
+            result = SideResult(latency_ms=(time.perf_counter() - t_sent) * 1000.0)
+            self._resolve(job, result.fail(kind, f"{type(exc).__name__}: {exc}"))
+        code = "upstream_timeout" if status == 504 else "upstream_unavailable"
+        return openai_error(status, message, "upstream_error", code)
+
+    @staticmethod
+    def _resolve(job: ShadowJob, result: SideResult) -> None:
+        if not job.primary.done():
+            job.primary.set_result(result)
+
+
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    handlers: list[PairHandler] | None = None,
+    *,
+    on_startup: list[Callable[[], Any]] | None = None,
+    on_shutdown: list[Callable[[], Any]] | None = None,
+) -> FastAPI:
+    """The ASGI app. `handlers` receive each finished pair record (the sink's `submit`, scoring, ...)."""
+    metrics = metrics or Metrics()
+    handlers = handlers if handlers is not None else []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        proxy = Proxy(settings, metrics, handlers)
+        app.state.proxy = proxy
+        for fn in on_startup or []:
+            fn()
+        await proxy.start()
+        try:
+            yield
+        finally:
+            await proxy.close()
+            for fn in on_shutdown or []:
+                fn()
+
+    app = FastAPI(title="shadowtap", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = metrics
+
+    async def passthrough(request: Request) -> Response:
+        return await request.app.state.proxy.handle(request)
+
+    app.add_route(
+        "/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    )
+
+    if settings.server.metrics_port is None:
+
+        async def metrics_endpoint(request: Request) -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    app.add_route("/healthz", healthz, methods=["GET"])
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return openai_error(
+            404, f"No route {request.url.path}; shadowtap serves /v1/*", "invalid_request_error", "not_found"
+        )
+
+    app.add_exception_handler(404, not_found)
+    return app
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)

@@ -1,0 +1,327 @@
+"""Sampling and shadow dispatch: which requests are mirrored, and calling the candidate off the request path.
+
+The request path only ever calls `ShadowDispatcher.consider` (a cheap decision) and `submit` (a
+`put_nowait` on a bounded queue). A fixed pool of workers calls the candidate; a full queue drops the
+shadow and counts it. The pair record is assembled when both sides are done and handed to the pair
+handlers (the sink, and in-process scoring in the embedded mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, input_chars, length_bucket
+from shadowtap.proxy.redact import Redactor
+from shadowtap.proxy.upstream import Upstream
+
+from shadowtap.config import Settings
+from shadowtap.metrics import Metrics
+from shadowtap.records import utc_now_rfc3339
+
+log = logging.getLogger("shadowtap.shadow")
+
+MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+PairHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True, eq=False)
+class ShadowJob:
+    """One sampled request on its way to the candidate, waiting for the primary's side too."""
+
+    pair_id: str
+    ts: str
+    route: str
+    body: dict[str, Any]
+    stream: bool
+    tags: dict[str, str]
+    primary: asyncio.Future[SideResult]
+    candidate: SideResult | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Sampler:
+    """Deterministic sampling: the same key (a header or a body field) is always or never mirrored."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.shadow = settings.shadow
+        kind, _, name = settings.shadow.sample_key.partition(":")
+        self.kind = kind
+        self.header = name.lower().encode("latin-1") if kind == "header" else b""
+        self.field = name if kind == "body" else ""
+
+    def key(self, headers: list[tuple[bytes, bytes]], body: dict[str, Any]) -> str | None:
+        if self.kind == "header":
+            for k, v in headers:
+                if k.lower() == self.header:
+                    return v.decode("latin-1")
+            return None
+        if self.kind == "body":
+            value = body.get(self.field)
+            return None if value is None else str(value)
+        return None
+
+    def chosen(self, route: str, headers: list[tuple[bytes, bytes]], body: dict[str, Any]) -> bool:
+        rate = self.shadow.rate_for(route)
+        if rate >= 1.0:
+            return True
+        if rate <= 0.0:
+            return False
+        key = self.key(headers, body)
+        if key is None:
+            return random.random() < rate
+        digest = hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+class ShadowDispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        candidate: Upstream,
+        metrics: Metrics,
+        handlers: list[PairHandler],
+    ) -> None:
+        self.settings = settings
+        self.candidate = candidate
+        self.metrics = metrics
+        self.handlers = handlers
+        self.sampler = Sampler(settings)
+        self.redactor = Redactor(settings.redaction.pii)
+        self.segment_header = settings.tags.segment_header.lower().encode("latin-1")
+        self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=settings.shadow.queue_size)
+        self.in_flight = 0
+        self.pending: set[ShadowJob] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+        # The candidate sees only what config gives it: never the client's headers or credentials.
+        self._candidate_headers = {k.lower(): v for k, v in settings.candidate.headers.items()}
+        self._candidate_headers["content-type"] = "application/json"
+        if settings.candidate.api_key:
+            self._candidate_headers["authorization"] = f"Bearer {settings.candidate.api_key}"
+        metrics.shadow_queued.set_function(self.queue.qsize)
+        metrics.shadow_in_flight.set_function(lambda: self.in_flight)
+
+    # ---------------------------------------------------------------- request path (must stay cheap)
+
+    def consider(self, route: str, headers: list[tuple[bytes, bytes]], raw_body: bytes) -> ShadowJob | None:
+        """Decide whether to mirror this request; count why not. Never raises."""
+        m = self.metrics
+        if self._closing:
+            m.shadow_skipped.labels(route=route, reason="shutdown").inc()
+            return None
+        if self.settings.shadow.rate_for(route) <= 0.0:
+            m.shadow_skipped.labels(route=route, reason="not_sampled").inc()
+            return None
+        if len(raw_body) > self.settings.shadow.max_body_bytes:
+            m.shadow_skipped.labels(route=route, reason="too_large").inc()
+            return None
+        try:
+            body = json.loads(raw_body)
+        except (ValueError, RecursionError):
+            m.shadow_skipped.labels(route=route, reason="unparseable").inc()
+            return None
+        if not isinstance(body, dict):
+            m.shadow_skipped.labels(route=route, reason="unparseable").inc()
+            return None
+        if route == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
+            m.shadow_skipped.labels(route=route, reason="invalid_request").inc()
+            return None
+        if route == "/v1/completions" and "prompt" not in body:
+            m.shadow_skipped.labels(route=route, reason="invalid_request").inc()
+            return None
+        if not self.sampler.chosen(route, headers, body):
+            m.shadow_skipped.labels(route=route, reason="not_sampled").inc()
+            return None
+        m.shadow_sampled.labels(route=route).inc()
+        segment = _header(headers, self.segment_header)
+        tags = {
+            "route": route,
+            "segment": (segment or "none")[:64],
+            "length_bucket": length_bucket(input_chars(body), self.settings.tags.length_buckets),
+        }
+        return ShadowJob(
+            pair_id=uuid.uuid4().hex,
+            ts=utc_now_rfc3339(),
+            route=route,
+            body=body,
+            stream=body.get("stream") is True,
+            tags=tags,
+            primary=asyncio.get_running_loop().create_future(),
+        )
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Hand the job to the workers, or drop it (counted) when the queue is full. Never waits."""
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.shadow_dropped.labels(route=job.route, reason="queue_full").inc()
+            return False
+        self.pending.add(job)
+        return True
+
+    # ---------------------------------------------------------------- off the request path
+
+    async def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"shadow-worker-{i}")
+            for i in range(self.settings.shadow.concurrency)
+        ]
+
+    async def close(self, deadline_s: float) -> None:
+        """Stop taking new shadows; finish queued ones within `deadline_s`, count the rest as dropped."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await self.queue.join()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        dropped = 0
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            self.pending.discard(job)
+            self.metrics.shadow_dropped.labels(route=job.route, reason="shutdown").inc()
+            dropped += 1
+        for job in list(self.pending):
+            # In flight when the deadline hit: its candidate call was cancelled.
+            if job.candidate is None:
+                self.metrics.shadow_dropped.labels(route=job.route, reason="shutdown").inc()
+                dropped += 1
+            self.pending.discard(job)
+        if dropped:
+            log.warning("shutdown: %d queued or in-flight shadow requests dropped at the deadline", dropped)
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self.queue.get()
+            try:
+                if self.settings.shadow.start == "after_primary":
+                    await asyncio.shield(job.primary)
+                self.in_flight += 1
+                try:
+                    job.candidate = await self.call_candidate(job)
+                finally:
+                    self.in_flight -= 1
+                if job.primary.done():
+                    self._complete(job)
+                else:
+                    job.primary.add_done_callback(lambda _f, job=job: self._complete(job))
+                    # A primary side that never reports back (a bug, a lost task) must not pin the job.
+                    limit = self.settings.primary.timeout_s + 5.0
+                    asyncio.get_running_loop().call_later(limit, self._expire, job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shadow worker failed on pair %s", job.pair_id)
+                self.pending.discard(job)
+            finally:
+                self.queue.task_done()
+
+    async def call_candidate(self, job: ShadowJob) -> SideResult:
+        settings = self.settings.candidate
+        body = dict(job.body)
+        if settings.model:
+            body["model"] = settings.model
+        result = SideResult(model=body.get("model"))
+        started = time.perf_counter()
+        assembler = SideAssembler(streaming=job.stream, started=started)
+        route = job.route
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                request = self.candidate.client.build_request(
+                    "POST",
+                    self.candidate.url_for(route),
+                    content=json.dumps(body).encode(),
+                    headers=self._candidate_headers,
+                )
+                response = await self.candidate.client.send(request, stream=True)
+                try:
+                    result.status = response.status_code
+                    streaming = job.stream and response.headers.get("content-type", "").startswith(
+                        "text/event-stream"
+                    )
+                    assembler.streaming = streaming
+                    async for chunk in response.aiter_bytes():
+                        assembler.feed(chunk, time.perf_counter())
+                finally:
+                    await response.aclose()
+            assembler.finish(result, time.perf_counter(), route)
+            if job.stream and not assembler.streaming and result.error is None and result.status == 200:
+                result.fail("invalid_response", "asked to stream but the candidate did not answer with SSE")
+        except TimeoutError:
+            result.latency_ms = (time.perf_counter() - started) * 1000.0
+            result.fail("timeout", f"no complete answer within {settings.timeout_s:g}s")
+        except httpx.TimeoutException as exc:
+            result.latency_ms = (time.perf_counter() - started) * 1000.0
+            result.fail("timeout", f"{type(exc).__name__}: {exc}")
+        except httpx.ConnectError as exc:
+            result.fail("connect", f"{type(exc).__name__}: {exc}")
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            result.latency_ms = (time.perf_counter() - started) * 1000.0
+            result.text = b"".join(assembler.chunks).decode("utf-8", "replace") if not job.stream else None
+            if job.stream:
+                assembler.finish(result, time.perf_counter(), route)
+                result.error = None
+            result.fail("disconnected", f"{type(exc).__name__}: {exc}")
+        except httpx.HTTPError as exc:
+            result.fail("transport", f"{type(exc).__name__}: {exc}")
+        status = "error" if result.status is None else str(result.status)
+        self.metrics.requests.labels(route=route, side="candidate", status=status).inc()
+        if result.error is not None:
+            self.metrics.candidate_errors.labels(route=route, kind=result.error["kind"]).inc()
+        if result.latency_ms is not None and result.status is not None:
+            self.metrics.latency.labels(route=route, side="candidate").observe(result.latency_ms / 1000.0)
+        if result.ttft_ms is not None:
+            self.metrics.ttft.labels(route=route, side="candidate").observe(result.ttft_ms / 1000.0)
+        return result
+
+    def _expire(self, job: ShadowJob) -> None:
+        if not job.primary.done():
+            log.error("pair %s: the primary side never finished; recording it as unfinished", job.pair_id)
+            job.primary.set_result(SideResult().fail("unfinished", "the primary side never finished"))
+
+    def _complete(self, job: ShadowJob) -> None:
+        """Both sides are in: build the redacted record and hand it on."""
+        self.pending.discard(job)
+        primary = job.primary.result() if not job.primary.cancelled() else SideResult().fail("cancelled", "")
+        if primary.error is not None and self.settings.shadow.on_primary_error == "skip":
+            self.metrics.shadow_skipped.labels(route=job.route, reason="primary_error").inc()
+            return
+        candidate = job.candidate or SideResult().fail("missing", "no candidate result")
+        for side in (primary, candidate):
+            if side.text:
+                side.text = self.redactor.text(side.text)
+        record = build_pair(
+            pair_id=job.pair_id,
+            ts=job.ts,
+            route=job.route,
+            stream=job.stream,
+            request=self.redactor.redact_request(job.body),
+            tags=job.tags,
+            primary=primary,
+            candidate=candidate,
+        )
+        self.metrics.pairs.labels(route=job.route).inc()
+        for handler in self.handlers:
+            try:
+                handler(record)
+            except Exception:
+                log.exception("pair handler %r failed on pair %s", handler, job.pair_id)

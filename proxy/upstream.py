@@ -1,0 +1,74 @@
+"""Talking to one OpenAI-compatible endpoint: a pooled httpx client, URL mapping and header hygiene."""
+
+from __future__ import annotations
+
+import httpx
+
+from shadowtap.config import UpstreamSettings
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the HTTP layer recomputes for each hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+class Upstream:
+    """One endpoint (primary or candidate) with a keep-alive connection pool for the process's life.
+
+    `base_url` is what the OpenAI SDK takes as `base_url` (e.g. `http://vllm:8000/v1`); a client's
+    request for `/v1/chat/completions` goes to `<base_url>/chat/completions`.
+    """
+
+    def __init__(self, side: str, settings: UpstreamSettings) -> None:
+        if settings.url is None:
+            raise ValueError(f"{side}.url is not set")
+        self.side = side
+        self.settings = settings
+        self.base_url = settings.url.rstrip("/")
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_keepalive,
+                keepalive_expiry=30.0,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def url_for(self, path: str) -> str:
+        """Map a proxy path (`/v1/...`) onto this upstream's base URL. Only config decides the host."""
+        suffix = path[3:] if path.startswith("/v1/") or path == "/v1" else path
+        return self.base_url + suffix
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def forward_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The client's request headers as the primary should see them: all but hop-by-hop ones."""
+    return [(k, v) for k, v in raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The primary's response headers as the client should see them: all but hop-by-hop ones."""
+    out = []
+    for k, v in raw:
+        name = k.lower()
+        if name.decode("latin-1") in HOP_BY_HOP and name != b"content-length":
+            continue
+        out.append((name, v))
+    return out

@@ -1,0 +1,79 @@
+"""Running the proxy: choose the sink, wire pair handlers, start uvicorn (and the metrics port)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import start_http_server
+
+from shadowtap.config import Settings
+from shadowtap.metrics import Metrics
+from shadowtap.proxy.app import create_app
+from shadowtap.proxy.sinks import JsonlSink, Sink
+
+log = logging.getLogger("shadowtap")
+
+
+def make_sink(settings: Settings, metrics: Metrics) -> Sink:
+    """The embedded default writes `DATA_DIR/pairs.jsonl`; with Kafka configured, the pairs topic."""
+    data_dir = Path(settings.sink.data_dir)
+    if settings.sink.resolved_kind == "kafka":
+        from shadowtap.proxy.kafka import KafkaSink
+
+        return KafkaSink(
+            settings.sink.kafka,
+            metrics,
+            spill_path=data_dir / "spill" / "pairs.jsonl",
+            queue_size=settings.sink.queue_size,
+        )
+    return JsonlSink(data_dir / "pairs.jsonl", metrics, settings.sink.queue_size)
+
+
+def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metrics, Sink]:
+    """The ASGI app with its sink (and, in the embedded default, in-process scoring) wired in."""
+    metrics = metrics or Metrics()
+    sink = make_sink(settings, metrics)
+    handlers = [sink.submit]
+    on_startup = [sink.start]
+    on_shutdown = [lambda: sink.close(settings.server.shutdown_grace_s)]
+    scoring = _embedded_scoring(settings, metrics)
+    if scoring is not None:
+        handlers.append(scoring.submit)
+        on_startup.insert(0, scoring.start_soon)
+        on_shutdown.insert(0, scoring.close)
+    app = create_app(settings, metrics, handlers, on_startup=on_startup, on_shutdown=on_shutdown)
+    return app, metrics, sink
+
+
+def _embedded_scoring(settings: Settings, metrics: Metrics) -> Any:
+    if settings.sink.resolved_kind != "jsonl" or settings.scoring.get("enabled", True) is False:
+        return None
+    try:
+        from shadowtap.scorers.embedded import EmbeddedScoring
+    except ImportError:
+        return None
+    return EmbeddedScoring(settings, metrics)
+
+
+def serve(settings: Settings) -> None:
+    """Run the proxy until SIGINT/SIGTERM; uvicorn drains in-flight requests, then the shadows and sink."""
+    app, metrics, _ = build(settings)
+    if settings.server.metrics_port is not None:
+        host = settings.server.metrics_host or settings.server.host
+        start_http_server(settings.server.metrics_port, addr=host, registry=metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", host, settings.server.metrics_port)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="info",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) or None,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
