@@ -130,3 +130,93 @@ class Metrics:
         self.sink_queue_depth = Gauge(
             "shadowtap_sink_queue_depth", "Records waiting to be written by the sink.", ["sink"], registry=r
         )
+
+
+class ScoringMetrics:
+    """Metrics of the scorers and the worker; shares the registry of `Metrics` in the embedded mode."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.scores = Counter(
+            "shadowtap_scores_total",
+            "Score outcomes by scorer, side (primary, candidate, pair), outcome and segment.",
+            ["scorer", "side", "outcome", "segment"],
+            registry=r,
+        )
+        self.scorer_errors = Counter(
+            "shadowtap_scorer_errors_total",
+            "Pairs a scorer failed on (the other scorers still ran).",
+            ["scorer"],
+            registry=r,
+        )
+        self.scoring_latency = Histogram(
+            "shadowtap_scoring_seconds", "Time one scorer took on one pair.", ["scorer"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.pairs_scored = Counter(
+            "shadowtap_pairs_scored_total", "Pairs scored, by source (embedded, kafka, file).", ["source"], registry=r
+        )
+        self.pairs_duplicate = Counter(
+            "shadowtap_pairs_duplicate_total",
+            "Re-delivered pairs that were already scored (not counted again).",
+            ["source"],
+            registry=r,
+        )
+        self.scoring_dropped = Counter(
+            "shadowtap_scoring_dropped_total",
+            "Pairs not scored because the in-process scoring queue was full.",
+            registry=r,
+        )
+        self.scoring_queue_depth = Gauge(
+            "shadowtap_scoring_queue_depth", "Pairs waiting for in-process scoring.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "shadowtap_consumer_lag_records",
+            "Pair records on the topic not yet consumed by this worker's group (sum over its partitions).",
+            ["topic"],
+            registry=r,
+        )
+        self.review_items = Counter(
+            "shadowtap_review_items_total", "Pairs written to the review queue, by reason.", ["reason"], registry=r
+        )
+        self.ratio = Histogram(
+            "shadowtap_pair_ratio",
+            "Candidate/primary ratios per pair: latency, ttft, length (answer characters).",
+            ["metric", "segment"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        # Judge
+        self.judge_calls = Counter(
+            "shadowtap_judge_calls_total",
+            "Calls to the judge model by outcome (ok, malformed, error, rate_limited).",
+            ["outcome"],
+            registry=r,
+        )
+        self.judge_inconsistent = Counter(
+            "shadowtap_judge_position_inconsistent_total",
+            "Pairs whose verdict flipped when the answers were swapped (counted as ties).",
+            ["segment"],
+            registry=r,
+        )
+        self.judge_tokens = Counter(
+            "shadowtap_judge_tokens_total", "Judge tokens used, by kind (prompt, completion).", ["kind"], registry=r
+        )
+        self.judge_cost = Counter(
+            "shadowtap_judge_cost_usd_total", "Estimated judge cost in US dollars (prices from config).", registry=r
+        )
+        self.judge_skipped = Counter(
+            "shadowtap_judge_skipped_total",
+            "Pairs not judged, by reason (not_sampled, budget_exhausted, missing_answer).",
+            ["reason"],
+            registry=r,
+        )
+        self.judge_paused = Gauge(
+            "shadowtap_judge_budget_paused", "1 while judging is paused because the token budget is spent.", registry=r
+        )
+
+
+def segment_label(value: str | None, allowed: frozenset[str] | set[str]) -> str:
+    """Bounded `segment` label: a configured value, `none` when absent, `other` for anything else."""
+    if value is None or value == "none":
+        return "none"
+    return value if value in allowed else "other"
