@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -210,14 +210,14 @@ def create_app(
         proxy = Proxy(settings, metrics, handlers)
         app.state.proxy = proxy
         for fn in on_startup or []:
-            fn()
+            await _maybe_await(fn())
         await proxy.start()
         try:
             yield
         finally:
             await proxy.close()
             for fn in on_shutdown or []:
-                fn()
+                await _maybe_await(fn())
 
     app = FastAPI(title="shadowtap", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
@@ -250,5 +250,6 @@ def create_app(
     return app
 
 
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value

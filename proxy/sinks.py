@@ -60,7 +60,12 @@ class ThreadedSink:
             self._queue.put_nowait(record)
         except queue.Full:
             self.metrics.sink_records.labels(sink=self.name, outcome="dropped").inc()
-            log.error("%s sink queue is full (%d records): record %s dropped", self.name, self._queue.maxsize, record.get("id"))
+            log.error(
+                "%s sink queue is full (%d records): record %s dropped",
+                self.name,
+                self._queue.maxsize,
+                record.get("id"),
+            )
 
     def close(self, timeout: float = 10.0) -> None:
         if self._thread is None:
@@ -106,7 +111,9 @@ class JsonlSink(ThreadedSink):
 
     name = "jsonl"
 
-    def __init__(self, path: Path, metrics: Metrics, queue_size: int = 10_000, *, name: str = "jsonl") -> None:
+    def __init__(
+        self, path: Path, metrics: Metrics, queue_size: int = 10_000, *, name: str = "jsonl"
+    ) -> None:
         self.name = name
         super().__init__(metrics, queue_size)
         self.path = Path(path)

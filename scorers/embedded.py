@@ -1,0 +1,81 @@
+"""In-process scoring for the embedded default: `shadowtap serve` scores pairs off the request path.
+
+Bounded like the shadow queue: a full queue drops the pair from scoring (it is still in pairs.jsonl,
+so `shadowtap score --input` can score it later) and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from shadowtap.proxy.sinks import JsonlSink
+from shadowtap.scorers.runner import ScoringPipeline, build_scorers
+
+from shadowtap.config import Settings
+from shadowtap.metrics import Metrics, ScoringMetrics
+
+log = logging.getLogger("shadowtap.scoring")
+
+
+def scoring_metrics(metrics: Metrics) -> ScoringMetrics:
+    """One ScoringMetrics per registry (the proxy and the scorers share /metrics in the embedded mode)."""
+    existing = getattr(metrics, "scoring", None)
+    if existing is None:
+        existing = ScoringMetrics(metrics.registry)
+        metrics.scoring = existing  # type: ignore[attr-defined]
+    return existing
+
+
+class EmbeddedScoring:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        config = settings.scoring
+        self.metrics = scoring_metrics(metrics)
+        segments = frozenset(settings.tags.segments)
+        self.pipeline = ScoringPipeline(build_scorers(config, self.metrics, segments), self.metrics, segments)
+        data_dir = Path(settings.sink.data_dir)
+        self.scores_sink = JsonlSink(data_dir / "scores.jsonl", metrics, name="scores")
+        self.review_sink = JsonlSink(data_dir / "review.jsonl", metrics, name="review")
+        self.concurrency = int(config.get("concurrency", 8))
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=int(config.get("queue_size", 1000)))
+        self.metrics.scoring_queue_depth.set_function(self.queue.qsize)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start_soon(self) -> None:
+        self.scores_sink.start()
+        self.review_sink.start()
+        self._tasks = [asyncio.get_running_loop().create_task(self._worker()) for _ in range(self.concurrency)]
+
+    def submit(self, pair: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(pair)
+        except asyncio.QueueFull:
+            self.metrics.scoring_dropped.inc()
+
+    async def _worker(self) -> None:
+        while True:
+            pair = await self.queue.get()
+            try:
+                records, review = await self.pipeline.score_pair(pair)
+                for r in records:
+                    self.scores_sink.submit(r)
+                for item in review:
+                    self.review_sink.submit(item)
+                self.pipeline.count(pair, records, review, source="embedded")
+            except Exception:
+                log.exception("scoring failed on pair %s", pair.get("id"))
+            finally:
+                self.queue.task_done()
+
+    async def close(self, deadline_s: float = 10.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline_s):
+                await self.queue.join()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.scores_sink.close()
+        self.review_sink.close()
