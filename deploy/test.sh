@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh machine, then runs the whole suite.
+# Python deps (pip), a real Apache Kafka from Maven Central (deploy/kafka.sh); the Kafka broker itself
+# is started and stopped by the test fixtures through deploy/kafka.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing shadowtap and test dependencies"
+python3 -m pip install --disable-pip-version-check -q -e '.[test]'
+
+echo "== installing Apache Kafka (cached after the first run)"
+bash deploy/kafka.sh install
+
+echo "== lint"
+python3 -m ruff check .
+
+echo "== tests"
+exec python3 -m pytest -q -p no:cacheprovider "$@"
