@@ -271,6 +271,7 @@ class KafkaWorker:
     def _update_lag(self) -> None:
         try:
             assigned = self.consumer.assignment()
+            self.metrics.assigned_partitions.labels(topic=self.kafka.topic).set(len(assigned))
             if not assigned:
                 return
             ends = self.consumer.end_offsets(list(assigned))

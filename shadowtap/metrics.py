@@ -175,6 +175,12 @@ class ScoringMetrics:
             ["topic"],
             registry=r,
         )
+        self.assigned_partitions = Gauge(
+            "shadowtap_consumer_assigned_partitions",
+            "Partitions of the pairs topic assigned to this worker.",
+            ["topic"],
+            registry=r,
+        )
         self.review_items = Counter(
             "shadowtap_review_items_total", "Pairs written to the review queue, by reason.", ["reason"], registry=r
         )
