@@ -233,7 +233,8 @@ def _resolve_env_name(model: type[BaseModel], words: list[str]) -> list[str] | N
     return None
 
 
-ENV_NOT_KEYS = frozenset({"SHADOWTAP_CONFIG"})
+# Variables that carry secrets or pointers rather than config keys.
+ENV_NOT_KEYS = frozenset({"SHADOWTAP_CONFIG", "SHADOWTAP_JUDGE_API_KEY", "SHADOWTAP_CACHE"})
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -1,0 +1,506 @@
+"""Pairwise LLM-as-judge: which answer is better, asked in both orders so position bias shows up as a tie.
+
+The judge is any OpenAI-compatible chat endpoint. Calls are rate limited, retried with backoff on
+429/5xx/connection errors, bounded by a rolling token budget, and counted (calls, tokens, cost). A reply
+that is not a valid verdict is corrected once and otherwise raised: a verdict is never made up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+import openai
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from shadowtap.scorers.base import side_text
+
+from shadowtap.metrics import ScoringMetrics, segment_label
+from shadowtap.records import Score
+
+CONFIG_KEY = "scoring.scorers.judge"
+DEFAULT_API_KEY_ENV = "SHADOWTAP_JUDGE_API_KEY"
+MAX_REASON_CHARS = 300
+BUDGET_SLOT_S = 10.0
+
+SYSTEM_MESSAGE = (
+    "You are a careful, impartial evaluator of AI assistant answers. Reply with one JSON object only."
+)
+CORRECTION = (
+    "Your reply could not be used: {problem}. Reply again with only a JSON object of the form "
+    '{{"winner": "A" | "B" | "tie", "reason": "..."}}.'
+)
+_PLACEHOLDER = re.compile(r"\{\{(request|answer_a|answer_b)\}\}")
+_WINNERS = {"a": "A", "b": "B", "tie": "tie"}
+# Which side each raw verdict names, for the two orders: (primary, candidate) shown as (A, B), then (B, A).
+_AB = {"A": "primary", "B": "candidate", "tie": "tie"}
+_BA = {"A": "candidate", "B": "primary", "tie": "tie"}
+_OUTCOMES = {"candidate": ("candidate_win", 1.0), "primary": ("primary_win", -1.0), "tie": ("tie", 0.0)}
+
+
+class JudgeError(Exception):
+    """The judge could not give a verdict (its endpoint failed, or kept failing)."""
+
+
+class MalformedVerdict(JudgeError):
+    """The judge's reply was not a valid verdict, even after one correction."""
+
+
+class BudgetExhausted(JudgeError):
+    """The judge's token budget for the rolling window is spent."""
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str
+    model: str = Field(min_length=1)
+    api_key: str | None = None
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    concurrency: int = Field(default=4, ge=1)
+    requests_per_second: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    budget_tokens_per_hour: int | None = Field(default=None, gt=0)
+    budget_tokens_per_day: int | None = Field(default=None, gt=0)
+    price_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
+    price_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
+    rubric_file: str | None = None
+    max_answer_chars: int = Field(default=8000, gt=0)
+    max_request_chars: int = Field(default=12000, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http(s) URL like http://host:8000/v1, got {value!r}")
+        return value.rstrip("/")
+
+
+def _config_error(exc: ValidationError) -> ValueError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = {"extra_forbidden": "unknown key", "missing": "required"}.get(err["type"], err["msg"])
+    return ValueError(f"{CONFIG_KEY}.{key}: {msg.removeprefix('Value error, ')}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, dict):
+                parts.append(f"[{part.get('type', 'part')}]")
+            else:
+                parts.append(str(part))
+        return "\n".join(parts)
+    return json.dumps(content, ensure_ascii=False)
+
+
+def _render_messages(messages: list[Any]) -> str:
+    lines = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        text = _content_text(message.get("content"))
+        for call in message.get("tool_calls") or []:
+            function = (call.get("function") or {}) if isinstance(call, dict) else {}
+            text += f"\n[tool call: {function.get('name')}({function.get('arguments', '')})]"
+        lines.append(f"[{message.get('role') or message.get('type', 'message')}]\n{text}")
+    return "\n\n".join(lines)
+
+
+def render_request(request: dict[str, Any], limit: int) -> str:
+    """The conversation the answers respond to, as plain text for the judge, at most about `limit` chars."""
+    if isinstance(request.get("messages"), list):
+        text = _render_messages(request["messages"])
+    elif "prompt" in request:
+        prompt = request["prompt"]
+        text = prompt if isinstance(prompt, str) else "\n".join(map(str, prompt))
+    elif "input" in request:
+        given = request["input"]
+        text = _render_messages(given) if isinstance(given, list) else _content_text(given)
+        if request.get("instructions"):
+            text = f"[system]\n{request['instructions']}\n\n{text}"
+    else:
+        text = json.dumps(request, ensure_ascii=False)
+    fmt = request.get("response_format")
+    if fmt:
+        text += f"\n\n[required response format: {json.dumps(fmt, ensure_ascii=False)[:2000]}]"
+    if len(text) > limit:
+        head, tail = limit // 4, limit - limit // 4
+        text = f"{text[:head]}\n[… {len(text) - limit} characters left out …]\n{text[-tail:]}"
+    return text
+
+
+def _truncate(answer: str, limit: int) -> str:
+    if len(answer) <= limit:
+        return answer
+    return f"{answer[:limit]}\n[… {len(answer) - limit} more characters not shown]"
+
+
+def parse_verdict(reply: str) -> tuple[dict[str, Any] | None, str]:
+    """(verdict, "") for a valid reply, else (None, what is wrong with it)."""
+    try:
+        doc = json.loads(reply)
+    except json.JSONDecodeError:
+        return None, "it is not valid JSON"
+    if not isinstance(doc, dict):
+        return None, "it is not a JSON object"
+    winner = doc.get("winner")
+    if not isinstance(winner, str) or winner.strip().lower() not in _WINNERS:
+        return None, 'the "winner" field must be "A", "B" or "tie"'
+    reason = doc.get("reason")
+    reason = "" if reason is None else reason if isinstance(reason, str) else json.dumps(reason)
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 1] + "…"
+    return {"winner": _WINNERS[winner.strip().lower()], "reason": reason}, ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Pacing: requests per second, tokens per rolling window
+
+
+class RateLimiter:
+    """An async token bucket: at most `per_second` calls a second on average, bursts up to one second's worth."""
+
+    def __init__(self, per_second: float) -> None:
+        self.rate = per_second
+        self.capacity = max(1.0, per_second)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+class TokenBudget:
+    """Tokens spent over the last hour and day, in small time slots; `exhausted` while either cap is reached."""
+
+    def __init__(self, per_hour: int | None, per_day: int | None, clock: Callable[[], float]) -> None:
+        self.limits = [(w, cap) for w, cap in ((3600.0, per_hour), (86400.0, per_day)) if cap is not None]
+        self.clock = clock
+        self._slots: deque[list[float]] = deque()  # [slot start, tokens]
+
+    def add(self, tokens: int) -> None:
+        if not self.limits or tokens <= 0:
+            return
+        now = self.clock()
+        if self._slots and now - self._slots[-1][0] < BUDGET_SLOT_S:
+            self._slots[-1][1] += tokens
+        else:
+            self._slots.append([now, float(tokens)])
+
+    def spent(self, window_s: float) -> int:
+        since = self.clock() - window_s
+        return int(sum(tokens for start, tokens in self._slots if start > since))
+
+    def exhausted(self) -> bool:
+        if not self.limits:
+            return False
+        horizon = self.clock() - max(w for w, _ in self.limits)
+        while self._slots and self._slots[0][0] <= horizon:
+            self._slots.popleft()
+        return any(self.spent(window) >= cap for window, cap in self.limits)
+
+
+@dataclass(slots=True)
+class _Usage:
+    prompt: int = 0
+    completion: int = 0
+
+
+def _retry_after_s(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The scorer
+
+
+class JudgeScorer:
+    """Asks a judge model which answer is better, once per order; a verdict that flips with the order is a tie.
+
+    `value` is +1 when the candidate wins, -1 when the primary wins, 0 for a tie.
+    """
+
+    name: ClassVar[str] = "judge"
+    outcomes: ClassVar[frozenset[str]] = frozenset({"candidate_win", "primary_win", "tie"})
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        *,
+        metrics: ScoringMetrics | None = None,
+        segments: frozenset[str] = frozenset(),
+        api_key: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`api_key` wins over the config's; otherwise the variable named by `api_key_env` is read from
+        `environ` (default: the process environment) here, once. `clock` drives the budget windows."""
+        try:
+            self.config = JudgeConfig.model_validate(config or {})
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+        cfg = self.config
+        self.metrics = metrics if metrics is not None else ScoringMetrics(CollectorRegistry())
+        self.segments = segments
+        self.template = self._load_rubric(cfg.rubric_file)
+        if api_key is None:
+            api_key = cfg.api_key or (os.environ if environ is None else environ).get(cfg.api_key_env)
+        self.client = openai.AsyncOpenAI(
+            base_url=cfg.base_url, api_key=api_key or "EMPTY", timeout=cfg.timeout_s, max_retries=0
+        )
+        self.rate_limiter = RateLimiter(cfg.requests_per_second)
+        self.budget = TokenBudget(cfg.budget_tokens_per_hour, cfg.budget_tokens_per_day, clock)
+        self._slots = asyncio.Semaphore(cfg.concurrency)
+
+    @staticmethod
+    def _load_rubric(path: str | None) -> str:
+        if path is None:
+            return resources.files(__package__).joinpath("prompts", "judge_pairwise.md").read_text()
+        try:
+            template = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"{CONFIG_KEY}.rubric_file: cannot read {path}: {exc.strerror}") from None
+        missing = {"request", "answer_a", "answer_b"} - set(_PLACEHOLDER.findall(template))
+        if missing:
+            names = ", ".join("{{" + m + "}}" for m in sorted(missing))
+            raise ValueError(f"{CONFIG_KEY}.rubric_file: {path} lacks the placeholder(s) {names}")
+        return template
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    # -- entry points -------------------------------------------------------------------------------
+
+    async def score(self, pair: dict[str, Any]) -> list[Score]:
+        if not self.sampled(str(pair.get("id", ""))):
+            self.metrics.judge_skipped.labels(reason="not_sampled").inc()
+            return []
+        primary, candidate = side_text(pair, "primary"), side_text(pair, "candidate")
+        if primary is None or candidate is None:
+            self.metrics.judge_skipped.labels(reason="missing_answer").inc()
+            return []
+        if not self._budget_allows():
+            return []
+        segment = (pair.get("tags") or {}).get("segment")
+        return [await self.compare(pair.get("request") or {}, primary, candidate, segment=segment)]
+
+    async def judge_against_reference(
+        self, request: dict[str, Any], reference: str, answer: str, *, segment: str | None = None
+    ) -> Score:
+        """Judge `answer` against `reference` (in the primary's place): `candidate_win` means the answer is
+        better. Raises `BudgetExhausted` while the budget is spent; sampling does not apply."""
+        if not self._budget_allows():
+            raise BudgetExhausted("judge token budget is spent for the current window")
+        return await self.compare(request, reference, answer, segment=segment)
+
+    def sampled(self, pair_id: str) -> bool:
+        """Deterministic per pair id, so a re-delivered pair gets the same decision."""
+        rate = self.config.sample_rate
+        if rate >= 1.0:
+            return True
+        digest = hashlib.sha256(pair_id.encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+    def _budget_allows(self) -> bool:
+        if self.budget.exhausted():
+            self.metrics.judge_paused.set(1)
+            self.metrics.judge_skipped.labels(reason="budget_exhausted").inc()
+            return False
+        self.metrics.judge_paused.set(0)
+        return True
+
+    # -- judging ------------------------------------------------------------------------------------
+
+    async def compare(
+        self, request: dict[str, Any], primary: str, candidate: str, *, segment: str | None = None
+    ) -> Score:
+        """Both orders, concurrently; agreement wins, disagreement is a position-inconsistent tie.
+
+        Identical answers are a tie without asking the judge."""
+        length_ratio = round(len(candidate) / len(primary), 4) if primary else None
+        usage = _Usage()
+        if primary.strip() == candidate.strip():
+            return Score(
+                self.name,
+                "pair",
+                "tie",
+                0.0,
+                self._detail([], False, length_ratio, usage) | {"identical": True},
+            )
+        conversation = render_request(request, self.config.max_request_chars)
+        try:
+            async with asyncio.TaskGroup() as group:
+                ab = group.create_task(self._verdict(self._prompt(conversation, primary, candidate), usage))
+                ba = group.create_task(self._verdict(self._prompt(conversation, candidate, primary), usage))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
+        verdict_ab, verdict_ba = ab.result(), ba.result()
+        side_ab, side_ba = _AB[verdict_ab["winner"]], _BA[verdict_ba["winner"]]
+        inconsistent = side_ab != side_ba
+        if inconsistent:
+            self.metrics.judge_inconsistent.labels(segment=segment_label(segment, self.segments)).inc()
+        outcome, value = _OUTCOMES["tie" if inconsistent else side_ab]
+        detail = self._detail([verdict_ab, verdict_ba], inconsistent, length_ratio, usage)
+        return Score(self.name, "pair", outcome, value, detail)
+
+    def _detail(
+        self, verdicts: list[dict[str, Any]], inconsistent: bool, length_ratio: float | None, usage: _Usage
+    ) -> dict[str, Any]:
+        return {
+            "verdicts": verdicts,
+            "position_inconsistent": inconsistent,
+            "length_ratio": length_ratio,
+            "judge_model": self.config.model,
+            "tokens": {"prompt": usage.prompt, "completion": usage.completion},
+        }
+
+    def _prompt(self, conversation: str, answer_a: str, answer_b: str) -> str:
+        limit = self.config.max_answer_chars
+        values = {
+            "request": conversation,
+            "answer_a": _truncate(answer_a, limit),
+            "answer_b": _truncate(answer_b, limit),
+        }
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
+
+    async def _verdict(self, prompt: str, usage: _Usage) -> dict[str, Any]:
+        """One order's verdict; a malformed reply is answered with one correction, then given up on."""
+        messages: list[dict[str, str]] = [
+            {"role": "system", "content": SYSTEM_MESSAGE},
+            {"role": "user", "content": prompt},
+        ]
+        problem = ""
+        for attempt in range(2):
+            reply = await self._call(messages, usage)
+            verdict, problem = parse_verdict(reply)
+            if verdict is not None:
+                self.metrics.judge_calls.labels(outcome="ok").inc()
+                return verdict
+            self.metrics.judge_calls.labels(outcome="malformed").inc()
+            if attempt == 0:
+                messages += [
+                    {"role": "assistant", "content": reply},
+                    {"role": "user", "content": CORRECTION.format(problem=problem)},
+                ]
+        raise MalformedVerdict(
+            f"judge {self.config.model} gave no valid verdict after one correction: {problem}"
+        )
+
+    async def _call(self, messages: list[dict[str, str]], usage: _Usage) -> str:
+        """One chat completion, retried on 429, 5xx and connection errors with backoff and jitter."""
+        cfg = self.config
+        extra: dict[str, Any] = {} if cfg.max_tokens is None else {"max_tokens": cfg.max_tokens}
+        failure: Exception | None = None
+        for attempt in range(cfg.max_retries + 1):
+            await self.rate_limiter.acquire()
+            retry_after: float | None = None
+            async with self._slots:
+                try:
+                    response = await self.client.chat.completions.create(
+                        model=cfg.model,
+                        messages=messages,  # type: ignore[arg-type]
+                        temperature=0,
+                        response_format={"type": "json_object"},
+                        **extra,
+                    )
+                except openai.RateLimitError as exc:
+                    self.metrics.judge_calls.labels(outcome="rate_limited").inc()
+                    failure = exc
+                    retry_after = _retry_after_s(exc.response)
+                except openai.APIStatusError as exc:
+                    self.metrics.judge_calls.labels(outcome="error").inc()
+                    if exc.status_code < 500 and exc.status_code not in (408, 409):
+                        raise JudgeError(
+                            f"judge endpoint refused the call: HTTP {exc.status_code}: {exc.message}"
+                        ) from exc
+                    failure = exc
+                    retry_after = _retry_after_s(exc.response)
+                except openai.APIConnectionError as exc:
+                    self.metrics.judge_calls.labels(outcome="error").inc()
+                    failure = exc
+                else:
+                    self._count_usage(response.usage, usage)
+                    return (response.choices[0].message.content or "") if response.choices else ""
+            if attempt == cfg.max_retries:
+                break
+            delay = retry_after
+            if delay is None:
+                delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+            elif delay > cfg.backoff_max_s:
+                raise JudgeError(
+                    f"judge endpoint asks to retry after {delay:.0f}s (more than backoff_max_s)"
+                ) from failure
+            await asyncio.sleep(delay)
+        raise JudgeError(f"judge call failed after {cfg.max_retries + 1} attempts: {failure}") from failure
+
+    def _count_usage(self, reported: Any, usage: _Usage) -> None:
+        prompt = int(getattr(reported, "prompt_tokens", 0) or 0)
+        completion = int(getattr(reported, "completion_tokens", 0) or 0)
+        usage.prompt += prompt
+        usage.completion += completion
+        self.metrics.judge_tokens.labels(kind="prompt").inc(prompt)
+        self.metrics.judge_tokens.labels(kind="completion").inc(completion)
+        cost = (
+            prompt * self.config.price_per_1k_prompt_tokens
+            + completion * self.config.price_per_1k_completion_tokens
+        ) / 1000
+        if cost:
+            self.metrics.judge_cost.inc(cost)
+        self.budget.add(prompt + completion)
