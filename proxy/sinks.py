@@ -77,9 +77,22 @@ class ThreadedSink:
         self._thread.join(timeout)
         self._thread = None
 
+    # Seconds the writer thread waits for a record before calling `idle()` (retries, housekeeping).
+    idle_interval: float | None = None
+
+    def idle(self) -> None:
+        """Called on the writer thread when no record arrived for `idle_interval` seconds."""
+
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.idle_interval)
+            except queue.Empty:
+                try:
+                    self.idle()
+                except Exception:
+                    log.exception("%s sink housekeeping failed", self.name)
+                continue
             batch = [item]
             # Drain what is already waiting, so a burst costs one write/flush.
             while len(batch) < 512:
