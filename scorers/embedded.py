@@ -47,7 +47,9 @@ class EmbeddedScoring:
     def start_soon(self) -> None:
         self.scores_sink.start()
         self.review_sink.start()
-        self._tasks = [asyncio.get_running_loop().create_task(self._worker()) for _ in range(self.concurrency)]
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._worker()) for _ in range(self.concurrency)
+        ]
 
     def submit(self, pair: dict[str, Any]) -> None:
         try:

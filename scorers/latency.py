@@ -24,7 +24,11 @@ class LatencyLengthScorer:
     outcomes: ClassVar[frozenset[str]] = frozenset({"candidate_faster", "candidate_slower", "same"})
 
     def __init__(
-        self, config: dict[str, Any] | None = None, *, metrics: ScoringMetrics | None = None, segments: frozenset[str] = frozenset()
+        self,
+        config: dict[str, Any] | None = None,
+        *,
+        metrics: ScoringMetrics | None = None,
+        segments: frozenset[str] = frozenset(),
     ) -> None:
         config = dict(config or {})
         self.tolerance = float(config.pop("tolerance", 0.1))

@@ -45,13 +45,17 @@ def build_scorers(
         if config is False:
             continue
         if name not in found:
-            raise ValueError(f"scoring.scorers.{name}: no such scorer (available: {', '.join(sorted(found))})")
+            raise ValueError(
+                f"scoring.scorers.{name}: no such scorer (available: {', '.join(sorted(found))})"
+            )
         cls = found[name].load()  # type: ignore[attr-defined]
         try:
             scorer = cls(config if isinstance(config, dict) else {}, metrics=metrics, segments=segments)
         except ValueError as exc:
             msg = str(exc)
-            raise ValueError(msg if msg.startswith("scoring.") else f"scoring.scorers.{name}: {msg}") from None
+            raise ValueError(
+                msg if msg.startswith("scoring.") else f"scoring.scorers.{name}: {msg}"
+            ) from None
         scorers.append(scorer)
     return scorers
 
@@ -89,16 +93,26 @@ class ScoringPipeline:
         scores = [score for batch in results for score in batch]
         records = [s.to_record(pair) for s in scores]
         review = [
-            {"pair_id": pair["id"], "reason": reason, "tags": pair.get("tags") or {}, "pair": pair, "scores": records}
+            {
+                "pair_id": pair["id"],
+                "reason": reason,
+                "tags": pair.get("tags") or {},
+                "pair": pair,
+                "scores": records,
+            }
             for reason in review_reasons(scores)
         ]
         return records, review
 
-    def count(self, pair: dict[str, Any], records: list[dict[str, Any]], review: list[dict[str, Any]], source: str) -> None:
+    def count(
+        self, pair: dict[str, Any], records: list[dict[str, Any]], review: list[dict[str, Any]], source: str
+    ) -> None:
         """Export the outcomes of one scored pair; called once the records are safely stored."""
         segment = segment_label((pair.get("tags") or {}).get("segment"), self.segments)
         for r in records:
-            self.metrics.scores.labels(scorer=r["scorer"], side=r["side"], outcome=r["outcome"], segment=segment).inc()
+            self.metrics.scores.labels(
+                scorer=r["scorer"], side=r["side"], outcome=r["outcome"], segment=segment
+            ).inc()
         for item in review:
             self.metrics.review_items.labels(reason=item["reason"]).inc()
         self.metrics.pairs_scored.labels(source=source).inc()
@@ -113,7 +127,9 @@ class ScoringPipeline:
             return scores
         except Exception as exc:  # one scorer's failure must not stop the others
             self.metrics.scorer_errors.labels(scorer=scorer.name).inc()
-            log.warning("scorer %s failed on pair %s: %s: %s", scorer.name, pair.get("id"), type(exc).__name__, exc)
+            log.warning(
+                "scorer %s failed on pair %s: %s: %s", scorer.name, pair.get("id"), type(exc).__name__, exc
+            )
             return []
         finally:
             self.metrics.scoring_latency.labels(scorer=scorer.name).observe(time.perf_counter() - started)

@@ -114,7 +114,10 @@ def score_file(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     outcomes: dict[tuple[str, str, str], int] = {}
     review_count = 0
-    with output_path.open("wb") as out, (review_path.open("wb") if review_path else open(os.devnull, "wb")) as rev:
+    with (
+        output_path.open("wb") as out,
+        review_path.open("wb") if review_path else open(os.devnull, "wb") as rev,
+    ):
         batch_size = 64
 
         async def run() -> None:
@@ -157,7 +160,9 @@ def score_file(
 class KafkaWorker:
     """A member of the scoring consumer group."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry, *, worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: CollectorRegistry, *, worker_id: str | None = None
+    ) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         kafka = settings.sink.kafka
@@ -231,7 +236,9 @@ class KafkaWorker:
             for message in messages:
                 pair, why = parse_pair(message.value)
                 if pair is None:
-                    log.error("partition %s offset %d: %s (kept on %s)", tp, message.offset, why, self.invalid_topic)
+                    log.error(
+                        "partition %s offset %d: %s (kept on %s)", tp, message.offset, why, self.invalid_topic
+                    )
                     invalid.append(message)
                 elif self.seen.add(pair["id"]):
                     fresh.append(pair)
@@ -243,9 +250,13 @@ class KafkaWorker:
         try:
             for records, review in results:
                 for r in records:
-                    self.producer.send(self.kafka.scores_topic, key=score_key(r).encode(), value=encode_record(r))
+                    self.producer.send(
+                        self.kafka.scores_topic, key=score_key(r).encode(), value=encode_record(r)
+                    )
                 for item in review:
-                    self.producer.send(self.kafka.review_topic, key=item["pair_id"].encode(), value=encode_record(item))
+                    self.producer.send(
+                        self.kafka.review_topic, key=item["pair_id"].encode(), value=encode_record(item)
+                    )
             for message in invalid:
                 self.producer.send(self.invalid_topic, key=message.key, value=message.value)
             self.producer.send_offsets_to_transaction(offsets, self.kafka.group_id)

@@ -115,9 +115,24 @@ def serve(
 
 @main.command()
 @click.option("--config", "config_file", metavar="FILE", help="YAML config (scorers, Kafka).")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True), help="Score this pairs.jsonl offline.")
-@click.option("--output", "output_path", type=click.Path(dir_okay=False), help="Where the score records go (with --input).")
-@click.option("--review", "review_path", type=click.Path(dir_okay=False), help="Review queue file (default: review.jsonl beside --output).")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Score this pairs.jsonl offline.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False),
+    help="Where the score records go (with --input).",
+)
+@click.option(
+    "--review",
+    "review_path",
+    type=click.Path(dir_okay=False),
+    help="Review queue file (default: review.jsonl beside --output).",
+)
 @click.option("--metrics-port", type=int, help="Serve the worker's /metrics on this port (Kafka mode).")
 @click.option("--worker-id", help="Stable id of this worker slot (Kafka mode; default host-pid).")
 def score(
@@ -135,12 +150,18 @@ def score(
     if input_path is not None:
         if output_path is None:
             raise click.UsageError("--input needs --output FILE for the score records")
-        _score_offline(settings, Path(input_path), Path(output_path), Path(review_path) if review_path else None)
+        _score_offline(
+            settings, Path(input_path), Path(output_path), Path(review_path) if review_path else None
+        )
         return
     if config_file is None and not settings.sink.kafka.bootstrap_servers:
-        raise click.UsageError("give --input/--output to score a file, or --config with sink.kafka.bootstrap_servers")
+        raise click.UsageError(
+            "give --input/--output to score a file, or --config with sink.kafka.bootstrap_servers"
+        )
     if not settings.sink.kafka.bootstrap_servers:
-        raise click.ClickException("sink.kafka.bootstrap_servers: not set; the worker consumes pairs from Kafka")
+        raise click.ClickException(
+            "sink.kafka.bootstrap_servers: not set; the worker consumes pairs from Kafka"
+        )
     from prometheus_client import CollectorRegistry, start_http_server
 
     from shadowtap.scorers.worker import KafkaWorker

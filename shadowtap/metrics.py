@@ -150,10 +150,17 @@ class ScoringMetrics:
             registry=r,
         )
         self.scoring_latency = Histogram(
-            "shadowtap_scoring_seconds", "Time one scorer took on one pair.", ["scorer"], buckets=LATENCY_BUCKETS, registry=r
+            "shadowtap_scoring_seconds",
+            "Time one scorer took on one pair.",
+            ["scorer"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.pairs_scored = Counter(
-            "shadowtap_pairs_scored_total", "Pairs scored, by source (embedded, kafka, file).", ["source"], registry=r
+            "shadowtap_pairs_scored_total",
+            "Pairs scored, by source (embedded, kafka, file).",
+            ["source"],
+            registry=r,
         )
         self.pairs_duplicate = Counter(
             "shadowtap_pairs_duplicate_total",
@@ -182,7 +189,10 @@ class ScoringMetrics:
             registry=r,
         )
         self.review_items = Counter(
-            "shadowtap_review_items_total", "Pairs written to the review queue, by reason.", ["reason"], registry=r
+            "shadowtap_review_items_total",
+            "Pairs written to the review queue, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.ratio = Histogram(
             "shadowtap_pair_ratio",
@@ -205,10 +215,15 @@ class ScoringMetrics:
             registry=r,
         )
         self.judge_tokens = Counter(
-            "shadowtap_judge_tokens_total", "Judge tokens used, by kind (prompt, completion).", ["kind"], registry=r
+            "shadowtap_judge_tokens_total",
+            "Judge tokens used, by kind (prompt, completion).",
+            ["kind"],
+            registry=r,
         )
         self.judge_cost = Counter(
-            "shadowtap_judge_cost_usd_total", "Estimated judge cost in US dollars (prices from config).", registry=r
+            "shadowtap_judge_cost_usd_total",
+            "Estimated judge cost in US dollars (prices from config).",
+            registry=r,
         )
         self.judge_skipped = Counter(
             "shadowtap_judge_skipped_total",
@@ -217,7 +232,9 @@ class ScoringMetrics:
             registry=r,
         )
         self.judge_paused = Gauge(
-            "shadowtap_judge_budget_paused", "1 while judging is paused because the token budget is spent.", registry=r
+            "shadowtap_judge_budget_paused",
+            "1 while judging is paused because the token budget is spent.",
+            registry=r,
         )
 
 

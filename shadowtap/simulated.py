@@ -100,7 +100,10 @@ def _tokens(text: str) -> int:
 
 def _chunks(text: str, words_per_chunk: int = 3) -> list[str]:
     words = text.split(" ")
-    return [" ".join(words[i : i + words_per_chunk]) + (" " if i + words_per_chunk < len(words) else "") for i in range(0, len(words), words_per_chunk)]
+    return [
+        " ".join(words[i : i + words_per_chunk]) + (" " if i + words_per_chunk < len(words) else "")
+        for i in range(0, len(words), words_per_chunk)
+    ]
 
 
 class _Abort(Exception):
@@ -110,7 +113,9 @@ class _Abort(Exception):
 class SimulatedLLM:
     """An OpenAI-compatible server whose answers come from `policy`."""
 
-    def __init__(self, name: str = "sim-model", policy: Policy | None = None, *, label: str = "simulated") -> None:
+    def __init__(
+        self, name: str = "sim-model", policy: Policy | None = None, *, label: str = "simulated"
+    ) -> None:
         self.name = name
         self.label = label
         self.policy: Policy = policy or default_policy
@@ -134,10 +139,18 @@ class SimulatedLLM:
         except (ValueError, UnicodeDecodeError):
             body = None
         self.received.append(
-            ReceivedRequest(request.method, request.url.path, {k.lower(): v for k, v in request.headers.items()}, raw, body)
+            ReceivedRequest(
+                request.method,
+                request.url.path,
+                {k.lower(): v for k, v in request.headers.items()},
+                raw,
+                body,
+            )
         )
         if request.method == "POST" and not isinstance(body, dict):
-            return None, _error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
+            return None, _error(
+                400, "We could not parse the JSON body of your request.", "invalid_request_error"
+            )
         return body, None
 
     async def _answer(self, request: Request, kind: Literal["chat", "text"]) -> Response:
@@ -179,12 +192,23 @@ class SimulatedLLM:
         if reply.fault == "garbage":
             return Response(b"<html>502 Bad Gateway</html> not json {", 200, media_type="application/json")
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text},
+                "finish_reason": reply.finish_reason,
+            }
             obj = "chat.completion"
         else:
             choice = {"index": 0, "text": reply.text, "logprobs": None, "finish_reason": reply.finish_reason}
             obj = "text_completion"
-        doc = {"id": cid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage}
+        doc = {
+            "id": cid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
         return JSONResponse(doc, headers=reply.headers)
 
     async def _stream(
@@ -193,7 +217,13 @@ class SimulatedLLM:
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
         def event(choice: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> bytes:
-            doc: dict[str, Any] = {"id": cid, "object": obj, "created": created, "model": model, "choices": [choice] if choice else []}
+            doc: dict[str, Any] = {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice] if choice else [],
+            }
             if extra:
                 doc.update(extra)
             return b"data: " + json.dumps(doc).encode() + b"\n\n"
@@ -220,7 +250,11 @@ class SimulatedLLM:
                 yield event({"index": 0, "text": piece, "finish_reason": None})
         if reply.fault == "close_midstream":
             raise _Abort()
-        final = {"index": 0, "delta": {}, "finish_reason": reply.finish_reason} if kind == "chat" else {"index": 0, "text": "", "finish_reason": reply.finish_reason}
+        final = (
+            {"index": 0, "delta": {}, "finish_reason": reply.finish_reason}
+            if kind == "chat"
+            else {"index": 0, "text": "", "finish_reason": reply.finish_reason}
+        )
         yield event(final)
         if usage is not None:
             yield event(None, {"usage": usage})
@@ -235,7 +269,10 @@ class SimulatedLLM:
     async def _models(self, request: Request) -> Response:
         await self._receive(request)
         return JSONResponse(
-            {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": self.label}]}
+            {
+                "object": "list",
+                "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": self.label}],
+            }
         )
 
     async def _embeddings(self, request: Request) -> Response:
@@ -246,10 +283,21 @@ class SimulatedLLM:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         data = [
-            {"object": "embedding", "index": i, "embedding": [((hash(str(x)) >> s) % 1000) / 1000 for s in range(0, 32, 4)]}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [((hash(str(x)) >> s) % 1000) / 1000 for s in range(0, 32, 4)],
+            }
             for i, x in enumerate(items)
         ]
-        return JSONResponse({"object": "list", "data": data, "model": body.get("model") or self.name, "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model") or self.name,
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
 
     async def _not_found(self, request: Request) -> Response:
         await self._receive(request)
@@ -284,7 +332,9 @@ class ServerHandle:
         self.stop()
 
 
-def serve_in_thread(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> ServerHandle:
+def serve_in_thread(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> ServerHandle:
     """Start `app` under uvicorn on a pre-bound loopback socket; return once it accepts connections."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -326,7 +376,9 @@ def serving(app: Any, **kwargs: Any) -> Iterator[ServerHandle]:
 
 PROFILES: dict[str, Policy] = {
     "echo": default_policy,
-    "slow": lambda route, body: Reply(text=default_policy(route, body).text, ttft_s=0.02, token_delay_s=0.002),
+    "slow": lambda route, body: Reply(
+        text=default_policy(route, body).text, ttft_s=0.02, token_delay_s=0.002
+    ),
     "refuser": fixed(Reply(text="I'm sorry, but I can't help with that request.")),
 }
 

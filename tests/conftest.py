@@ -19,7 +19,9 @@ from shadowtap.simulated import ServerHandle, SimulatedLLM, serve_in_thread
 pytest_plugins = ["tests.kafka_fixtures"]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
+) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

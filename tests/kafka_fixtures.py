@@ -38,7 +38,9 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     def _run(self, action: str) -> None:
-        done = subprocess.run(["bash", str(SCRIPT), action], env=self.env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            ["bash", str(SCRIPT), action], env=self.env, capture_output=True, text=True, timeout=180
+        )
         if done.returncode != 0:
             raise RuntimeError(f"deploy/kafka.sh {action} failed:\n{done.stdout}\n{done.stderr}")
 

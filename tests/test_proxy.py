@@ -200,7 +200,9 @@ def test_full_shadow_queue_drops_and_counts_without_waiting(proxy_factory, prima
 
     assert all(a.choices[0].message.content for a in answers)
     # One in flight, one queued, three dropped: all five users were served meanwhile.
-    assert proxy.metric("shadowtap_shadow_dropped_total", route="/v1/chat/completions", reason="queue_full") == 3
+    assert (
+        proxy.metric("shadowtap_shadow_dropped_total", route="/v1/chat/completions", reason="queue_full") == 3
+    )
     assert proxy.metric("shadowtap_shadow_sampled_total", route="/v1/chat/completions") == 5
     assert len(proxy.pairs(expected=2, timeout=10)) == 2
 
@@ -212,7 +214,11 @@ def test_client_credentials_never_reach_the_candidate_or_the_records(proxy_facto
     client = openai.OpenAI(
         base_url=proxy.base_url,
         api_key="sk-user-secret",
-        default_headers={"Cookie": "session=topsecret", "api-key": "azure-secret", "X-Shadow-Segment": "billing"},
+        default_headers={
+            "Cookie": "session=topsecret",
+            "api-key": "azure-secret",
+            "X-Shadow-Segment": "billing",
+        },
         max_retries=0,
     )
 
@@ -237,7 +243,8 @@ def test_client_credentials_never_reach_the_candidate_or_the_records(proxy_facto
 
 def test_upstream_http_errors_pass_through_with_status_and_body(proxy, primary):
     primary.sim.policy = lambda route, body: Reply(
-        status=429, error_body={"error": {"message": "Slow down, tier 1", "type": "rate_limit", "code": "rate"}}
+        status=429,
+        error_body={"error": {"message": "Slow down, tier 1", "type": "rate_limit", "code": "rate"}},
     )
 
     with pytest.raises(openai.RateLimitError) as excinfo:
@@ -255,7 +262,9 @@ def test_unreachable_primary_gives_502_and_a_hung_one_504(proxy_factory, primary
 
     primary.sim.policy = lambda route, body: Reply(fault="hang")
     slow = proxy_factory(primary.base_url, candidate.base_url, primary={"timeout_s": 0.5})
-    response = httpx.post(slow.base_url + "/chat/completions", json={"model": "m", "messages": CHAT}, timeout=10)
+    response = httpx.post(
+        slow.base_url + "/chat/completions", json={"model": "m", "messages": CHAT}, timeout=10
+    )
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
     [pair] = slow.pairs(expected=1)
@@ -286,7 +295,9 @@ def test_text_completions_are_mirrored_too(proxy, primary, candidate):
 
 
 def test_sampling_by_user_is_deterministic(proxy_factory, primary, candidate):
-    proxy = proxy_factory(primary.base_url, candidate.base_url, shadow={"sample_rate": 0.5, "sample_key": "body:user"})
+    proxy = proxy_factory(
+        primary.base_url, candidate.base_url, shadow={"sample_rate": 0.5, "sample_key": "body:user"}
+    )
     client = client_for(proxy)
     users = [f"user-{i}" for i in range(30)]
 
@@ -294,7 +305,11 @@ def test_sampling_by_user_is_deterministic(proxy_factory, primary, candidate):
         for user in users:
             client.chat.completions.create(model="m", messages=CHAT, user=user)
 
-    wait_for(lambda: proxy.metric("shadowtap_pairs_total", route="/v1/chat/completions") == len(candidate.sim.received))
+    wait_for(
+        lambda: (
+            proxy.metric("shadowtap_pairs_total", route="/v1/chat/completions") == len(candidate.sim.received)
+        )
+    )
     mirrored = [json.loads(r.body)["user"] for r in candidate.sim.received]
     counts = {u: mirrored.count(u) for u in users}
     assert set(counts.values()) <= {0, 2}, "a user's conversation must be always or never mirrored"
@@ -303,8 +318,13 @@ def test_sampling_by_user_is_deterministic(proxy_factory, primary, candidate):
 
 def test_segment_length_bucket_and_pii_masking_in_the_record(proxy_factory, primary, candidate):
     proxy = proxy_factory(primary.base_url, candidate.base_url, tags={"segments": ["billing"]})
-    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", default_headers={"X-Shadow-Segment": "billing"})
-    long_text = "My card 4111 1111 1111 1111 was charged twice, write to jane.doe@example.com or +1 415 555 0132. " * 10
+    client = openai.OpenAI(
+        base_url=proxy.base_url, api_key="k", default_headers={"X-Shadow-Segment": "billing"}
+    )
+    long_text = (
+        "My card 4111 1111 1111 1111 was charged twice, write to jane.doe@example.com or +1 415 555 0132. "
+        * 10
+    )
 
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": long_text}])
 
@@ -321,16 +341,26 @@ def test_segment_length_bucket_and_pii_masking_in_the_record(proxy_factory, prim
 def test_unparseable_and_oversized_bodies_are_served_but_not_mirrored(proxy_factory, primary, candidate):
     proxy = proxy_factory(primary.base_url, candidate.base_url, shadow={"max_body_bytes": 2000})
 
-    bad = httpx.post(proxy.base_url + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    bad = httpx.post(
+        proxy.base_url + "/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     big = httpx.post(
-        proxy.base_url + "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}
+        proxy.base_url + "/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]},
     )
 
     assert bad.status_code == 400  # the primary's own answer to a malformed body
     assert big.status_code == 200
     assert len(candidate.sim.received) == 0
-    assert proxy.metric("shadowtap_shadow_skipped_total", route="/v1/chat/completions", reason="unparseable") == 1
-    assert proxy.metric("shadowtap_shadow_skipped_total", route="/v1/chat/completions", reason="too_large") == 1
+    assert (
+        proxy.metric("shadowtap_shadow_skipped_total", route="/v1/chat/completions", reason="unparseable")
+        == 1
+    )
+    assert (
+        proxy.metric("shadowtap_shadow_skipped_total", route="/v1/chat/completions", reason="too_large") == 1
+    )
 
 
 def test_metrics_are_exported_with_bounded_labels(proxy):
