@@ -60,14 +60,14 @@ async def timed(client: httpx.AsyncClient, url: str, body: dict, stream: bool) -
         r = await client.post(url, json=body)
         r.raise_for_status()
         return (time.perf_counter() - t0) * 1000
+    ttft = None
     async with client.stream("POST", url, json=body) as r:
         async for chunk in r.aiter_raw():
-            if b'"content"' in chunk and b'"content":""' not in chunk:
+            if ttft is None and b'"content": "' in chunk and b'"content": ""' not in chunk:
                 ttft = (time.perf_counter() - t0) * 1000
-                async for _ in r.aiter_raw():
-                    pass
-                return ttft
-    raise RuntimeError("stream carried no content")
+    if ttft is None:
+        raise RuntimeError("stream carried no content")
+    return ttft
 
 
 async def run_rate(direct_url: str, proxy_url: str, rate: float, seconds: float, stream: bool) -> dict[str, list[float]]:

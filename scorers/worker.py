@@ -93,7 +93,8 @@ def score_file(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Score every pair in `input_path` into `output_path`; returns counts for the summary."""
-    metrics = ScoringMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = ScoringMetrics(registry)
     pipeline = make_pipeline(settings, metrics)
     lines = input_path.read_bytes().splitlines()
     pairs: list[dict[str, Any]] = []
@@ -139,7 +140,7 @@ def score_file(
         asyncio.run(run())
     errors = {
         s.labels["scorer"]: int(s.value)
-        for m in metrics.registry.collect()
+        for m in registry.collect()
         if m.name == "shadowtap_scorer_errors"
         for s in m.samples
         if s.name.endswith("_total")
