@@ -48,6 +48,17 @@ class Upstream:
             follow_redirects=False,
             trust_env=False,
         )
+        self._transport = self.client._transport
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Send on the pooled transport and return as soon as the headers are in (the body streams).
+
+        The client's own layers (auth flows, cookie jar, redirects) have nothing to do for a proxy, so
+        the request goes straight to the connection pool.
+        """
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
 
     def url_for(self, path: str) -> str:
         """Map a proxy path (`/v1/...`) onto this upstream's base URL. Only config decides the host."""
