@@ -217,5 +217,13 @@ def _score_offline(settings: Settings, input_path: Any, output_path: Any, review
     console.print(f"review queue: {summary['review']} items -> {review_path}")
 
 
+def _register_subcommands() -> None:
+    from shadowtap.sentinel.cli import sentinel
+
+    main.add_command(sentinel)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,147 @@
+"""Scorers that compare an answer with the set's references, beside the production scorers.
+
+Where a human has filled in an example's `expected` answer, `ReferenceMatchScorer` checks the answer
+against it (exact, normalised, contains, or numeric match), so factual and reasoning errors are
+measured where ground truth exists. Elsewhere `JudgeReferenceScorer` asks the judge model whether the
+answer is at least as good as the reference (the answer production gave when the set was built).
+
+Both read a sentinel pair: a pair record whose `primary` side is the reference, whose `candidate` side
+is the replayed answer, and whose `sentinel` object carries `expected`, `match` and `tolerance`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from typing import Any, ClassVar
+
+from shadowtap.scorers.base import side_text
+from shadowtap.scorers.judge import JudgeScorer
+
+from shadowtap.records import Score
+
+MATCH_METHODS = ("exact", "normalised", "contains", "numeric")
+DEFAULT_REL_TOLERANCE = 1e-6
+DEFAULT_ABS_TOLERANCE = 1e-9
+
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_NOT_WORD = re.compile(r"[\W_]+")
+_NUMBER = re.compile(
+    r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|(?<![\w.])[-+]?\.\d+"
+)
+
+
+def normalise_answer(text: str) -> str:
+    """Case, punctuation, articles and spacing removed (the usual exact-match normalisation)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _NOT_WORD.sub(" ", text)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def parse_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        cleaned = value.strip().replace(",", "").replace("−", "-").removeprefix("$").removesuffix("%")
+        try:
+            number = float(cleaned)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def numbers_in(text: str) -> list[float]:
+    found = []
+    for match in _NUMBER.finditer(text):
+        number = parse_number(match.group(0))
+        if number is not None:
+            found.append(number)
+    return found
+
+
+def default_method(expected: Any) -> str:
+    """Numeric when the expected answer is a number, normalised otherwise."""
+    return "numeric" if parse_number(expected) is not None else "normalised"
+
+
+def matches(
+    answer: str, expected: Any, method: str, tolerance: float | None = None
+) -> tuple[bool, dict[str, Any]]:
+    """Whether `answer` matches `expected` by `method`, with what was compared (for the score detail).
+
+    numeric: the last number in the answer (where a worked answer ends) equals the expected number
+    within `tolerance` (absolute), or a relative 1e-6 when none is given.
+    """
+    if method == "exact":
+        return answer.strip() == str(expected).strip(), {}
+    if method == "normalised":
+        return normalise_answer(answer) == normalise_answer(str(expected)), {}
+    if method == "contains":
+        wanted = normalise_answer(str(expected))
+        return bool(wanted) and f" {wanted} " in f" {normalise_answer(answer)} ", {}
+    if method == "numeric":
+        target = parse_number(expected)
+        if target is None:
+            return False, {"error": f"expected {expected!r} is not a number"}
+        found = numbers_in(answer)
+        if not found:
+            return False, {"found": None}
+        last = found[-1]
+        allowed = (
+            tolerance
+            if tolerance is not None
+            else max(DEFAULT_ABS_TOLERANCE, DEFAULT_REL_TOLERANCE * abs(target))
+        )
+        return abs(last - target) <= allowed, {"found": last}
+    raise ValueError(f"unknown match method {method!r} (one of {', '.join(MATCH_METHODS)})")
+
+
+class ReferenceMatchScorer:
+    """Does the answer match the human-labelled `expected` answer? Examples without one get no score."""
+
+    name: ClassVar[str] = "reference_match"
+    outcomes: ClassVar[frozenset[str]] = frozenset({"match", "mismatch"})
+
+    async def score(self, pair: dict[str, Any]) -> list[Score]:
+        labels = pair.get("sentinel") or {}
+        expected = labels.get("expected")
+        answer = side_text(pair, "candidate")
+        if expected is None or answer is None:
+            return []
+        method = labels.get("match") or default_method(expected)
+        ok, detail = matches(answer, expected, method, labels.get("tolerance"))
+        outcome = "match" if ok else "mismatch"
+        return [Score(self.name, "candidate", outcome, 1.0 if ok else 0.0, {"method": method, **detail})]
+
+
+_JUDGE_OUTCOMES = {"candidate_win": "answer_better", "tie": "tie", "primary_win": "reference_better"}
+
+
+class JudgeReferenceScorer:
+    """Is the answer at least as good as the reference? Asked of the judge, in both orders.
+
+    Only for examples without an `expected` label (those are scored by `ReferenceMatchScorer`).
+    `value` is +1 when the answer is better, 0 for a tie, -1 when the reference is better.
+    """
+
+    name: ClassVar[str] = "judge_reference"
+    outcomes: ClassVar[frozenset[str]] = frozenset(_JUDGE_OUTCOMES.values())
+
+    def __init__(self, judge: JudgeScorer) -> None:
+        self.judge = judge
+
+    async def score(self, pair: dict[str, Any]) -> list[Score]:
+        if (pair.get("sentinel") or {}).get("expected") is not None:
+            return []
+        reference, answer = side_text(pair, "primary"), side_text(pair, "candidate")
+        if reference is None or answer is None:
+            return []
+        segment = (pair.get("tags") or {}).get("segment")
+        verdict = await self.judge.judge_against_reference(
+            pair.get("request") or {}, reference, answer, segment=segment
+        )
+        return [Score(self.name, "pair", _JUDGE_OUTCOMES[verdict.outcome], verdict.value, verdict.detail)]  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""Where a sentinel set's pairs come from: the proxy's JSONL log, or the Kafka pairs topic.
+
+Both yield `(where, record)`, with None for a record that is not a JSON object, so the builder can
+count what it skipped. Reading Kafka commits nothing and stops at the end offsets seen at the start.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(where, record or None when the line is not JSON) for each line of a pairs.jsonl."""
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            yield f"{path}:{number}", record if isinstance(record, dict) else None
+
+
+def iter_kafka(
+    bootstrap_servers: str, topic: str, *, timeout_s: float = 30.0
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """Every record on `topic` from the beginning to the end offsets seen at the start; commits nothing."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"Kafka topic {topic!r} does not exist or has no partitions")
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        end = {tp: offset for tp, offset in consumer.end_offsets(assigned).items() if offset > 0}
+        for tp in list(end):
+            if consumer.position(tp) >= end[tp]:
+                del end[tp]
+        while end:
+            batches = consumer.poll(timeout_ms=int(timeout_s * 1000))
+            if not batches:
+                raise TimeoutError(
+                    f"no records from Kafka topic {topic!r} for {timeout_s:.0f}s before its end"
+                )
+            for tp, messages in batches.items():
+                for message in messages:
+                    if tp in end and message.offset < end[tp]:
+                        try:
+                            record = json.loads(message.value)
+                        except ValueError:
+                            record = None
+                        where = f"kafka:{topic}/{tp.partition}@{message.offset}"
+                        yield where, record if isinstance(record, dict) else None
+                if tp in end and consumer.position(tp) >= end[tp]:
+                    del end[tp]
+    finally:
+        consumer.close()
