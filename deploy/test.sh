@@ -11,6 +11,12 @@ python3 -m pip install --disable-pip-version-check -q -e '.[test]'
 echo "== installing Apache Kafka (cached after the first run)"
 bash deploy/kafka.sh install
 
+echo "== installing Prometheus and Alertmanager (Debian packages; their services stay off)"
+bash deploy/observability.sh install
+
+echo "== promtool / amtool: config, rules and rule unit tests"
+bash deploy/observability.sh check
+
 echo "== lint"
 python3 -m ruff check .
 
