@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -23,10 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
-REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "Summarise the refund policy in one line."}]}
+REQUEST = {
+    "model": "bench",
+    "messages": [{"role": "user", "content": "Summarise the refund policy in one line."}],
+}
 
 
 def free_port() -> int:
@@ -54,61 +59,98 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def timed(client: httpx.AsyncClient, url: str, body: dict, stream: bool) -> float:
-    t0 = time.perf_counter()
-    if not stream:
-        r = await client.post(url, json=body)
-        r.raise_for_status()
-        return (time.perf_counter() - t0) * 1000
-    ttft = None
-    async with client.stream("POST", url, json=body) as r:
-        async for chunk in r.aiter_raw():
-            if ttft is None and b'"content": "' in chunk and b'"content": ""' not in chunk:
-                ttft = (time.perf_counter() - t0) * 1000
-    if ttft is None:
-        raise RuntimeError("stream carried no content")
-    return ttft
+CONTENT = re.compile(rb'"content": ?"[^"]')
 
 
-async def run_rate(direct_url: str, proxy_url: str, rate: float, seconds: float, stream: bool) -> dict[str, list[float]]:
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
+
+    The load generator shares the 2-core machine with the servers it measures; httpx would spend more
+    CPU per request than the proxy does, so the generator would be the first thing to saturate.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(self, body: bytes, stream: bool) -> float:
+        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        t0 = time.perf_counter()
+        writer.write(head + body)
+        headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+        if not headers.startswith(b"http/1.1 200"):
+            raise RuntimeError(headers[:40])
+        first_content = None
+        if b"transfer-encoding: chunked" in headers:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await reader.readexactly(size + 2)
+                if first_content is None and CONTENT.search(chunk):
+                    first_content = time.perf_counter()
+                if size == 0:
+                    break
+        else:
+            length = int(headers.split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        done = time.perf_counter()
+        self.idle.append(conn)
+        if stream:
+            if first_content is None:
+                raise RuntimeError("stream carried no content")
+            return (first_content - t0) * 1000
+        return (done - t0) * 1000
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
+async def run_rate(
+    direct_url: str, proxy_url: str, rate: float, seconds: float, stream: bool
+) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"direct": [], "proxy": []}
     errors = 0
-    body = dict(REQUEST, stream=True) if stream else REQUEST
-    async with httpx.AsyncClient(limits=limits, timeout=30) as dc, httpx.AsyncClient(limits=limits, timeout=30) as pc:
-        # Warm both pools.
-        for _ in range(20):
-            await timed(dc, direct_url, body, stream)
-            await timed(pc, proxy_url, body, stream)
-        tasks = []
+    body = json.dumps(dict(REQUEST, stream=True) if stream else REQUEST).encode()
+    clients = {"direct": RawClient(direct_url), "proxy": RawClient(proxy_url)}
+    for _ in range(20):  # warm both paths
+        for client in clients.values():
+            await client.request(body, stream)
 
-        async def one(arm: str, client: httpx.AsyncClient, url: str) -> None:
-            nonlocal errors
-            try:
-                results[arm].append(await timed(client, url, body, stream))
-            except Exception:
-                errors += 1
+    async def one(arm: str) -> None:
+        nonlocal errors
+        try:
+            results[arm].append(await clients[arm].request(body, stream))
+        except Exception:
+            errors += 1
 
-        interval = 1.0 / rate
-        start_t = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
-            target = start_t + i * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            arms = [("direct", dc, direct_url), ("proxy", pc, proxy_url)]
-            random.shuffle(arms)
-            for arm in arms:
-                tasks.append(asyncio.create_task(one(*arm)))
-        await asyncio.gather(*tasks)
+    tasks = []
+    interval = 1.0 / rate
+    start_t = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start_t + i * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        arms = ["direct", "proxy"]
+        random.shuffle(arms)
+        tasks.extend(asyncio.create_task(one(arm)) for arm in arms)
+    await asyncio.gather(*tasks)
+    for client in clients.values():
+        client.close()
     if errors:
         print(f"  ({errors} requests failed at {rate}/s)", file=sys.stderr)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rates", default="50,100,200", help="request rates per arm (requests/s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
     parser.add_argument("--out", default="bench/results/proxy_overhead.txt")
@@ -120,15 +162,52 @@ def main() -> None:
     py = sys.executable
     procs = []
     try:
-        procs.append(start([py, "-m", "shadowtap.simulated", "--port", str(p_port), "--name", "primary-sim"],
-                           f"http://127.0.0.1:{p_port}/v1/models", workdir / "primary.log"))
-        procs.append(start([py, "-m", "shadowtap.simulated", "--port", str(c_port), "--name", "candidate-sim", "--profile", "slow"],
-                           f"http://127.0.0.1:{c_port}/v1/models", workdir / "candidate.log"))
+        procs.append(
+            start(
+                [py, "-m", "shadowtap.simulated", "--port", str(p_port), "--name", "primary-sim"],
+                f"http://127.0.0.1:{p_port}/v1/models",
+                workdir / "primary.log",
+            )
+        )
+        procs.append(
+            start(
+                [
+                    py,
+                    "-m",
+                    "shadowtap.simulated",
+                    "--port",
+                    str(c_port),
+                    "--name",
+                    "candidate-sim",
+                    "--profile",
+                    "slow",
+                ],
+                f"http://127.0.0.1:{c_port}/v1/models",
+                workdir / "candidate.log",
+            )
+        )
         env = dict(os.environ, SHADOWTAP_SHADOW_SAMPLE_RATE="1.0", SHADOWTAP_SHADOW_QUEUE_SIZE="10000")
-        procs.append(subprocess.Popen(
-            [py, "-m", "shadowtap.cli", "serve", "--primary", f"http://127.0.0.1:{p_port}/v1",
-             "--candidate", f"http://127.0.0.1:{c_port}/v1", "--port", str(x_port), "--data-dir", str(workdir / "data")],
-            stdout=(workdir / "proxy.log").open("wb"), stderr=subprocess.STDOUT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    py,
+                    "-m",
+                    "shadowtap.cli",
+                    "serve",
+                    "--primary",
+                    f"http://127.0.0.1:{p_port}/v1",
+                    "--candidate",
+                    f"http://127.0.0.1:{c_port}/v1",
+                    "--port",
+                    str(x_port),
+                    "--data-dir",
+                    str(workdir / "data"),
+                ],
+                stdout=(workdir / "proxy.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -146,14 +225,23 @@ def main() -> None:
             for rate in rates if not stream else rates[:1] + rates[-1:]:
                 res = asyncio.run(run_rate(direct, proxied, rate, args.seconds, stream))
                 d, p = res["direct"], res["proxy"]
-                rows.append({
-                    "mode": "stream TTFT" if stream else "non-stream",
-                    "rate": rate, "n": min(len(d), len(p)),
-                    "direct_p50": statistics.median(d), "proxy_p50": statistics.median(p),
-                    "direct_p99": pct(d, 0.99), "proxy_p99": pct(p, 0.99),
-                })
+                rows.append(
+                    {
+                        "mode": "stream TTFT" if stream else "non-stream",
+                        "rate": rate,
+                        "n": min(len(d), len(p)),
+                        "direct_p50": statistics.median(d),
+                        "proxy_p50": statistics.median(p),
+                        "direct_p99": pct(d, 0.99),
+                        "proxy_p99": pct(p, 0.99),
+                    }
+                )
                 print(f"  done: {rows[-1]['mode']} at {rate:g}/s", file=sys.stderr)
-        pairs = sum(1 for _ in (workdir / "data" / "pairs.jsonl").open()) if (workdir / "data" / "pairs.jsonl").exists() else 0
+        pairs = (
+            sum(1 for _ in (workdir / "data" / "pairs.jsonl").open())
+            if (workdir / "data" / "pairs.jsonl").exists()
+            else 0
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()
