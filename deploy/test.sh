@@ -17,6 +17,9 @@ bash deploy/observability.sh install
 echo "== promtool / amtool: config, rules and rule unit tests"
 bash deploy/observability.sh check
 
+echo "== installing Chromium (the HTML report is opened in a real browser)"
+command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 echo "== lint"
 python3 -m ruff check .
 

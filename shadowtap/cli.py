@@ -218,9 +218,12 @@ def _score_offline(settings: Settings, input_path: Any, output_path: Any, review
 
 
 def _register_subcommands() -> None:
+    from shadowtap.demo_cli import demo_command, report_command
     from shadowtap.sentinel.cli import sentinel
 
     main.add_command(sentinel)
+    main.add_command(demo_command)
+    main.add_command(report_command)
 
 
 _register_subcommands()
