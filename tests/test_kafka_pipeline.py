@@ -246,10 +246,33 @@ def worker_config(tmp_path: Path, kafka, upstream_factory):
     return make
 
 
-def test_worker_scores_pairs_from_kafka_and_exports_per_segment_outcomes(kafka, worker_config, tmp_path):
+def test_traffic_through_the_proxy_is_scored_by_the_worker_per_side_and_segment(
+    kafka, worker_config, tmp_path, proxy_factory, primary, candidate
+):
+    """The production path end to end: proxy -> pairs topic -> worker -> scores topic and /metrics."""
     config, names = worker_config()
-    pairs = [make_pair(i, refused=i % 4 == 0) for i in range(40)]
-    produce(kafka.bootstrap, names["topic"], pairs)
+    candidate.sim.policy = lambda route, body: Reply(
+        text="I'm sorry, but I can't help with that."
+        if "refund" in body["messages"][-1]["content"]
+        else "Your invoice is attached."
+    )
+    proxy = proxy_factory(
+        primary.base_url,
+        candidate.base_url,
+        sink={"kafka": {"bootstrap_servers": kafka.bootstrap, "topic": names["topic"]}},
+        tags={"segments": ["billing"]},
+    )
+    client = openai.OpenAI(
+        base_url=proxy.base_url,
+        api_key="sk-user",
+        max_retries=0,
+        default_headers={"X-Shadow-Segment": "billing"},
+    )
+    for i in range(40):
+        topic = "refund" if i % 4 == 0 else "invoice"
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": f"About my {topic} {i}"}]
+        )
     worker = Worker(config, "w1", tmp_path / "w1.log")
     try:
         rows = consume(kafka.bootstrap, names["scores_topic"], expected=40 * 4)
