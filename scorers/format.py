@@ -20,6 +20,7 @@ from jsonschema_specifications import REGISTRY as METASCHEMAS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from shadowtap.scorers.base import side_text
 
+from shadowtap.config import section_error
 from shadowtap.metrics import ScoringMetrics
 from shadowtap.records import Score
 
@@ -147,14 +148,7 @@ class FormatScorer:
         try:
             self.config = FormatConfig.model_validate(config or {})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            msg = (
-                "unknown key"
-                if err["type"] == "extra_forbidden"
-                else err["msg"].removeprefix("Value error, ")
-            )
-            raise ValueError(f"{CONFIG_KEY}.{key}: {msg}") from None
+            raise ValueError(section_error(CONFIG_KEY, exc)) from None
         self.metrics = metrics
         self.segments = segments
         self._rules = [self._compile(i, rule) for i, rule in enumerate(self.config.rules)]

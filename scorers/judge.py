@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from shadowtap.scorers.base import side_text
 
+from shadowtap.config import section_error
 from shadowtap.metrics import ScoringMetrics, segment_label
 from shadowtap.records import Score
 
@@ -98,10 +99,7 @@ class JudgeConfig(BaseModel):
 
 
 def _config_error(exc: ValidationError) -> ValueError:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    msg = {"extra_forbidden": "unknown key", "missing": "required"}.get(err["type"], err["msg"])
-    return ValueError(f"{CONFIG_KEY}.{key}: {msg.removeprefix('Value error, ')}")
+    return ValueError(section_error(CONFIG_KEY, exc))
 
 
 # --------------------------------------------------------------------------------------------------

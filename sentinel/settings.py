@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shadowtap.config import ConfigError, Settings
+from shadowtap.config import ConfigError, Settings, section_error
 
 CONFIG_KEY = "sentinel"
 # Scorers the sentinel never runs through the pipeline: latency compares against the recorded
@@ -75,14 +75,7 @@ class SentinelConfig:
         try:
             self.sentinel = SentinelSettings.model_validate(settings.sentinel)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            msg = (
-                "unknown key"
-                if err["type"] == "extra_forbidden"
-                else err["msg"].removeprefix("Value error, ")
-            )
-            raise ConfigError(f"{CONFIG_KEY}.{key}: {msg}") from None
+            raise ConfigError(section_error(CONFIG_KEY, exc)) from None
         self.settings = settings
 
     @property

@@ -257,6 +257,14 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+def section_error(section: str, exc: ValidationError) -> str:
+    """The first problem of a config section's validation, as `section.key: problem`."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = {"extra_forbidden": "unknown key", "missing": "required"}.get(err["type"], err["msg"])
+    return f"{section}.{key}: {msg.removeprefix('Value error, ')}"
+
+
 def _format_validation_error(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
