@@ -30,6 +30,11 @@ from shadowtap.metrics import Metrics, route_label
 log = logging.getLogger("shadowtap.proxy")
 
 
+class PrimaryStreamBroken(Exception):
+    """The primary's stream broke part-way; the client's response is cut short the same way, not ended
+    cleanly, so the client sees a broken stream just as it would calling the primary directly."""
+
+
 def openai_error(status: int, message: str, type_: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type_, "code": code, "param": None}}, status)
 
@@ -155,6 +160,8 @@ class Proxy:
         except httpx.HTTPError as exc:
             result.fail("disconnected", f"primary stream broke: {type(exc).__name__}")
             self.metrics.primary_errors.labels(route=route, kind="disconnected").inc()
+            log.warning("primary stream on %s broke: %s: %s", route, type(exc).__name__, exc)
+            raise PrimaryStreamBroken(route) from exc
         except (asyncio.CancelledError, GeneratorExit):
             result.fail("client_disconnected", "the client went away before the stream ended")
             raise
@@ -269,7 +276,8 @@ class FastPath:
                 response = openai_error(
                     500, "The proxy failed to handle this request.", "server_error", "proxy_error"
                 )
-            await response(scope, receive, send)
+            with contextlib.suppress(PrimaryStreamBroken):  # the server then closes the connection
+                await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -231,7 +231,9 @@ def input_chars(body: dict[str, Any]) -> int:
             if isinstance(content, str):
                 total += len(content)
             elif isinstance(content, list):
-                total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+                total += sum(
+                    len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         total += len(prompt)

@@ -91,6 +91,14 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
+def _is_json(content_type: str | None) -> bool:
+    """What the upstream frameworks parse as JSON: no content type, `application/json` or `+json`."""
+    if content_type is None:
+        return True
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 class ShadowDispatcher:
     def __init__(
         self,
@@ -132,6 +140,9 @@ class ShadowDispatcher:
             return None
         if len(raw_body) > self.settings.shadow.max_body_bytes:
             m.shadow_skipped.labels(route=route, reason="too_large").inc()
+            return None
+        if not _is_json(_header(headers, b"content-type")):
+            m.shadow_skipped.labels(route=route, reason="content_type").inc()
             return None
         try:
             body = json.loads(raw_body)
@@ -231,6 +242,7 @@ class ShadowDispatcher:
                 raise
             except Exception:
                 log.exception("shadow worker failed on pair %s", job.pair_id)
+                self.metrics.shadow_dropped.labels(route=job.route, reason="internal_error").inc()
                 self.pending.discard(job)
             finally:
                 self.queue.task_done()

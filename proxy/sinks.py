@@ -36,7 +36,12 @@ class Sink(Protocol):
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (valid JSON as a "\ud800" escape) has no UTF-8 form: keep it escaped.
+        return json.dumps(record, separators=(",", ":")).encode("ascii")
 
 
 class ThreadedSink:

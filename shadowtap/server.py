@@ -73,7 +73,7 @@ def serve(settings: Settings) -> None:
         access_log=False,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]  (a float works)
         lifespan="on",
     )
     uvicorn.Server(config).run()

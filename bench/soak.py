@@ -1,0 +1,357 @@
+"""Soak: a steady request rate through the proxy for minutes, 100% mirrored to a candidate slower than the primary.
+
+Starts a simulated primary, a simulated candidate that answers after `--candidate-delay` seconds and
+`shadowtap serve` as separate processes on loopback; this process is the load generator (the lean
+asyncio client of bench/proxy_overhead.py). Every 10 s it samples the proxy's RSS and open file
+descriptors (from /proc), the shadow queue depth (also polled every second for its maximum), shadow drops
+and pairs from /metrics, and the user latency percentiles of the interval. Prints a table and a summary
+and writes both to bench/results/soak.txt. Stops by itself after `--seconds` (at most 900).
+
+    python bench/soak.py [--rate 150] [--seconds 180] [--candidate-delay 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_overhead import REQUEST, RawClient, free_port, pct, start  # noqa: E402
+
+MAX_SECONDS = 900
+INTERVAL_S = 10.0
+
+
+def serve_candidate(port: int, delay: float) -> None:
+    """The slow candidate: a simulated model that answers every request after `delay` seconds."""
+    import uvicorn
+
+    from shadowtap.simulated import Reply, SimulatedLLM, default_policy
+
+    sim = SimulatedLLM(
+        "candidate-sim", lambda route, body: Reply(text=default_policy(route, body).text, ttft_s=delay)
+    )
+    config = uvicorn.Config(sim, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.Server(config).run()
+
+
+class SoakClient(RawClient):
+    """`RawClient` that, like any keep-alive client, retries once on a fresh connection when the idle one
+    it picked had already been closed by the server (uvicorn closes connections idle for 5 s)."""
+
+    stale = 0
+
+    async def request(self, body: bytes, stream: bool) -> float:
+        reused = bool(self.idle)
+        try:
+            return await super().request(body, stream)
+        except asyncio.IncompleteReadError as exc:
+            if not reused or exc.partial:
+                raise
+            SoakClient.stale += 1
+            self.idle.append(await asyncio.open_connection(self.host, self.port))
+            return await super().request(body, stream)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
+    """Sums of the metrics the soak watches, over all their label sets; None when /metrics did not answer."""
+    try:
+        text = (await client.get(url)).text
+    except httpx.HTTPError:
+        return None
+    wanted = {
+        "shadowtap_shadow_queue_depth": "queue",
+        "shadowtap_shadow_in_flight": "in_flight",
+        "shadowtap_shadow_dropped_total": "dropped",
+        "shadowtap_shadow_sampled_total": "sampled",
+        "shadowtap_pairs_total": "pairs",
+        "shadowtap_scoring_dropped_total": "scoring_dropped",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[wanted[sample.name]] += sample.value
+    return out
+
+
+@dataclass
+class Interval:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    max_queue: float = 0.0
+
+
+ERRORS: Counter[str] = Counter()
+
+
+async def soak(proxy_url: str, metrics_url: str, pid: int, rate: float, seconds: float) -> list[dict]:
+    body = json.dumps(REQUEST).encode()
+    client = SoakClient(proxy_url)
+    for _ in range(50):  # warm the connection and the proxy's upstream pools
+        await client.request(body, False)
+    rows: list[dict] = []
+    current = Interval()
+    scraper = httpx.AsyncClient(timeout=10)
+    baseline = await scrape(scraper, metrics_url)
+    if baseline is None:
+        raise SystemExit("the proxy's /metrics did not answer")
+    last = baseline
+    rows.append({"t": 0, "rss_mb": rss_mb(pid), "fds": open_fds(pid), **baseline, "n": 0})
+    cpu_before = cpu_seconds(pid)
+
+    async def one(bucket: Interval) -> None:
+        try:
+            bucket.latencies.append(await client.request(body, False))
+        except Exception as exc:
+            bucket.errors += 1
+            ERRORS[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
+
+    async def watch_queue() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            sample = await scrape(scraper, metrics_url)
+            if sample is not None:
+                current.max_queue = max(current.max_queue, sample["queue"])
+
+    watcher = asyncio.create_task(watch_queue())
+    tasks: set[asyncio.Task[None]] = set()
+    interval = 1.0 / rate
+    t0 = time.perf_counter()
+    next_report = t0 + INTERVAL_S
+    i = 0
+    while True:
+        now = time.perf_counter()
+        if now >= next_report:
+            sample = await scrape(scraper, metrics_url)
+            if sample is None:  # an overloaded proxy: keep the last figures, say so in the table
+                print(f"  /metrics did not answer within {scraper.timeout.read} s", flush=True)
+                sample = last
+            last = sample
+            cpu_now = cpu_seconds(pid)
+            cpu_share, cpu_before = (cpu_now - cpu_before) / INTERVAL_S * 100, cpu_now
+            done = current
+            current = Interval()
+            lat = done.latencies
+            rows.append(
+                {
+                    "t": round(next_report - t0),
+                    "n": len(lat),
+                    "errors": done.errors,
+                    "p50": statistics.median(lat) if lat else float("nan"),
+                    "p99": pct(lat, 0.99) if lat else float("nan"),
+                    "max": max(lat) if lat else float("nan"),
+                    "rss_mb": rss_mb(pid),
+                    "fds": open_fds(pid),
+                    "cpu": cpu_share,
+                    "max_queue": max(done.max_queue, sample["queue"]),
+                    **sample,
+                }
+            )
+            print(format_row(rows[-1]), flush=True)
+            next_report += INTERVAL_S
+            if next_report - t0 > seconds + 1e-6:
+                break
+        due = t0 + i * interval
+        if due - now > 0:
+            await asyncio.sleep(min(due - now, next_report - now))
+            continue
+        task = asyncio.create_task(one(current))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+    watcher.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    client.close()
+    await scraper.aclose()
+    return rows
+
+
+HEADER = (
+    f"{'t(s)':>5} {'reqs':>6} {'err':>4} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'RSS MB':>7} {'fds':>5} {'cpu%':>5} "
+    f"{'queue':>6} {'max q':>6} {'in-fl':>6} {'sampled':>8} {'pairs':>8} {'dropped':>8}"
+)
+
+
+def format_row(r: dict) -> str:
+    if r["t"] == 0:
+        return (
+            f"{0:>5} {'-':>6} {'-':>4} {'-':>8} {'-':>8} {'-':>8} {r['rss_mb']:>7.1f} {r['fds']:>5} {'-':>5} "
+            f"{r['queue']:>6.0f} {'-':>6} {r['in_flight']:>6.0f} {r['sampled']:>8.0f} {r['pairs']:>8.0f} "
+            f"{r['dropped']:>8.0f}"
+        )
+    return (
+        f"{r['t']:>5} {r['n']:>6} {r['errors']:>4} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['max']:>8.1f} "
+        f"{r['rss_mb']:>7.1f} {r['fds']:>5} {r['cpu']:>5.0f} {r['queue']:>6.0f} {r['max_queue']:>6.0f} {r['in_flight']:>6.0f} "
+        f"{r['sampled']:>8.0f} {r['pairs']:>8.0f} {r['dropped']:>8.0f}"
+    )
+
+
+def summary(rows: list[dict], args: argparse.Namespace, queue_size: int) -> list[str]:
+    first, last = rows[0], rows[-1]
+    load = rows[1:]
+    sent = sum(r["n"] + r["errors"] for r in load)
+    errors = sum(r["errors"] for r in load)
+    steady = load[len(load) // 2 :]
+    return [
+        f"rate held: {sent / (load[-1]['t'] or 1):.1f} req/s of {args.rate:g} asked; {sent} requests, {errors} errors"
+        + "".join(f"\n  {n} x {kind}" for kind, n in ERRORS.most_common(5))
+        + f"\n  ({SoakClient.stale} requests retried once on a fresh connection: the idle one had timed out)",
+        f"RSS: {first['rss_mb']:.1f} MB before load, {load[0]['rss_mb']:.1f} MB after the first interval, "
+        f"{last['rss_mb']:.1f} MB at the end (second half: {min(r['rss_mb'] for r in steady):.1f}"
+        f"-{max(r['rss_mb'] for r in steady):.1f} MB)",
+        f"open fds: {first['fds']} before, {last['fds']} at the end",
+        f"shadow queue: max depth {max(r['max_queue'] for r in load):.0f} (bound {queue_size})",
+        f"shadows: {last['sampled'] - first['sampled']:.0f} sampled, {last['pairs'] - first['pairs']:.0f} pairs, "
+        f"{last['dropped'] - first['dropped']:.0f} dropped (counted in shadowtap_shadow_dropped_total)",
+        f"user latency per interval: p50 {min(r['p50'] for r in load):.2f}-{max(r['p50'] for r in load):.2f} ms, "
+        f"p99 {min(r['p99'] for r in load):.2f}-{max(r['p99'] for r in load):.2f} ms",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=150.0, help="requests per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=180.0, help=f"duration, at most {MAX_SECONDS}")
+    parser.add_argument("--candidate-delay", type=float, default=0.25, help="candidate answer time (s)")
+    parser.add_argument("--sample-rate", type=float, default=1.0, help="shadow.sample_rate (1.0: mirror all)")
+    parser.add_argument("--queue-size", type=int, default=256, help="shadow.queue_size of the proxy")
+    parser.add_argument("--concurrency", type=int, default=32, help="shadow.concurrency of the proxy")
+    parser.add_argument("--out", default="bench/results/soak.txt")
+    parser.add_argument("--serve-candidate", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_candidate is not None:
+        serve_candidate(args.serve_candidate, args.candidate_delay)
+        return
+    seconds = min(args.seconds, MAX_SECONDS)
+
+    workdir = Path(tempfile.mkdtemp(prefix="shadowtap-soak-"))
+    p_port, c_port, x_port = free_port(), free_port(), free_port()
+    py = sys.executable
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(
+            start(
+                [py, "-m", "shadowtap.simulated", "--port", str(p_port), "--name", "primary-sim"],
+                f"http://127.0.0.1:{p_port}/v1/models",
+                workdir / "primary.log",
+            )
+        )
+        procs.append(
+            start(
+                [
+                    py,
+                    __file__,
+                    "--serve-candidate",
+                    str(c_port),
+                    "--candidate-delay",
+                    str(args.candidate_delay),
+                ],
+                f"http://127.0.0.1:{c_port}/v1/models",
+                workdir / "candidate.log",
+            )
+        )
+        # `start` runs the proxy with this process's environment: the asked sampling, queue and slots.
+        os.environ.update(
+            SHADOWTAP_SHADOW_SAMPLE_RATE=str(args.sample_rate),
+            SHADOWTAP_SHADOW_QUEUE_SIZE=str(args.queue_size),
+            SHADOWTAP_SHADOW_CONCURRENCY=str(args.concurrency),
+        )
+        proxy = start(
+            [
+                py,
+                "-m",
+                "shadowtap.cli",
+                "serve",
+                "--primary",
+                f"http://127.0.0.1:{p_port}/v1",
+                "--candidate",
+                f"http://127.0.0.1:{c_port}/v1",
+                "--port",
+                str(x_port),
+                "--data-dir",
+                str(workdir / "data"),
+            ],
+            f"http://127.0.0.1:{x_port}/healthz",
+            workdir / "proxy.log",
+        )
+        procs.append(proxy)
+        print(
+            f"soak: {args.rate:g} req/s for {seconds:g} s, {args.sample_rate:.0%} mirrored, candidate answers in "
+            f"{args.candidate_delay:g} s (shadow concurrency {args.concurrency}, queue {args.queue_size})",
+            flush=True,
+        )
+        print(HEADER, flush=True)
+        rows = asyncio.run(
+            soak(
+                f"http://127.0.0.1:{x_port}/v1/chat/completions",
+                f"http://127.0.0.1:{x_port}/metrics",
+                proxy.pid,
+                args.rate,
+                seconds,
+            )
+        )
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    lines = [
+        f"shadowtap soak: steady load, {args.sample_rate:.0%} mirroring, candidate slower than the primary "
+        "(loopback, simulated upstreams)",
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; rate {args.rate:g} req/s, "
+        f"{seconds:g} s, candidate delay {args.candidate_delay:g} s, shadow concurrency {args.concurrency}, "
+        f"queue {args.queue_size}",
+        HEADER,
+        "-" * len(HEADER),
+        *(format_row(r) for r in rows),
+        "",
+        *summary(rows, args, args.queue_size),
+    ]
+    text = "\n".join(lines)
+    print("\n".join(lines[len(lines) - len(summary(rows, args, args.queue_size)) :]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(f"written to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
