@@ -79,5 +79,10 @@ class EmbeddedScoring:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        unscored = self.queue.qsize()
+        if unscored:
+            # Still in pairs.jsonl: `shadowtap score --input` can score them later.
+            self.metrics.scoring_dropped.inc(unscored)
+            log.warning("shutdown: %d pairs left unscored at the deadline (they are in pairs.jsonl)", unscored)
         self.scores_sink.close()
         self.review_sink.close()

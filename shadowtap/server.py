@@ -43,7 +43,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
     if scoring is not None:
         handlers.append(scoring.submit)
         on_startup.insert(0, scoring.start_soon)
-        on_shutdown.insert(0, scoring.close)
+        on_shutdown.insert(0, lambda: scoring.close(settings.server.shutdown_grace_s))
     app = create_app(settings, metrics, handlers, on_startup=on_startup, on_shutdown=on_shutdown)
     return app, metrics, sink
 
