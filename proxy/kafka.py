@@ -1,8 +1,10 @@
 """The Kafka sink: pair records to a topic (acks=all, compression, batching, key = pair id).
 
-Whatever the broker cannot take — down at start, down mid-traffic, slow — is appended to a bounded local
-spill file and delivered, oldest first, once the broker is back (also after a restart of the process).
-Only a record that cannot even be spilled is lost, and that is counted and logged at ERROR.
+Whatever the broker does not acknowledge (down at start, down mid-traffic, too slow) goes to a bounded
+local spill file and is delivered, oldest first, once the broker answers again, also by the next process
+if this one stops first. Only a record that cannot even be spilled is lost, and that is counted and logged
+at ERROR. Delivery is at least once: a record whose acknowledgement was lost in an outage can arrive twice,
+which is why consumers dedupe by pair id.
 """
 
 from __future__ import annotations
@@ -10,60 +12,248 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadowtap.proxy.sinks import ThreadedSink, encode_record
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import codec as kafka_codec
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NoBrokersAvailable,
+    RecordListTooLargeError,
+)
+from shadowtap.proxy.sinks import _STOP, ThreadedSink, encode_record
 
 from shadowtap.config import KafkaSettings
 from shadowtap.metrics import Metrics
 
 log = logging.getLogger("shadowtap.sink.kafka")
 
+# The broker will never take these records, however often they are retried.
+UNDELIVERABLE = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+
+# Records per delivery attempt from the spill file (after a failure, one record probes the broker first).
+DRAIN_RECORDS = 1000
+DRAIN_BYTES = 8 * 1024 * 1024
+
+_CODECS = {
+    "gzip": (kafka_codec.has_gzip, "gzip"),
+    "snappy": (kafka_codec.has_snappy, "python-snappy"),
+    "lz4": (kafka_codec.has_lz4, "lz4"),
+    "zstd": (kafka_codec.has_zstd, "zstandard"),
+}
+
+
+def _describe(exc: BaseException | None) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+def _transient(error: Exception | None) -> bool:
+    """Errors that say only that the broker is away or slow, not that the producer is broken."""
+    return isinstance(error, (KafkaTimeoutError, NoBrokersAvailable, KafkaConnectionError))
+
+
+def _accepts_connections(bootstrap_servers: str, timeout: float = 1.0) -> bool:
+    """Whether any of the bootstrap servers accepts a TCP connection."""
+    for server in bootstrap_servers.split(","):
+        server = server.strip()
+        host, sep, port = server.rpartition(":")
+        if not sep or "]" in port:
+            host, port = server, "9092"
+        if not port.isdigit():
+            return True  # an address this check cannot read: let the producer try it
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def _is_record(line: bytes) -> bool:
+    """False for blank lines and for records blanked out once delivered."""
+    return line[:1] not in (b" ", b"\n", b"")
+
 
 class SpillFile:
-    """An append-only JSONL file of undelivered records, bounded in bytes, rewritten atomically."""
+    """Records the broker has not acknowledged: JSON lines, oldest first, at most `max_bytes` on disk.
+
+    A delivered record is blanked in place (overwritten with spaces); the file is emptied once everything
+    in it is delivered, and compacted (temp file, renamed over) only when blanked records take the room
+    new ones need. So no step rewrites an undelivered record in place: if the process dies at any point,
+    each one is still in the file, and at worst a record delivered just before is delivered again.
+    """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.size = self.path.stat().st_size if self.path.exists() else 0
+        self.size = 0  # bytes in the file, blanked records included
+        self.pending_bytes = 0  # bytes of undelivered records
+        self.offset = 0  # where the oldest undelivered record starts
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        first: int | None = None
+        pos = 0
+        with self.path.open("rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    log.warning(
+                        "%s ends with a partly written record (%d bytes); cutting it off",
+                        self.path,
+                        len(line),
+                    )
+                    os.truncate(self.path, pos)
+                    break
+                if _is_record(line):
+                    self.pending_bytes += len(line)
+                    if first is None:
+                        first = pos
+                pos += len(line)
+        self.size = pos
+        self.offset = pos if first is None else first
+        if self.pending_bytes == 0 and self.size:
+            self._empty()
 
     def append(self, lines: list[bytes]) -> int:
-        """Append what fits; returns how many lines were kept."""
-        kept = []
+        """Append the records that fit; returns how many were kept."""
+        need = sum(len(line) + 1 for line in lines)
+        if self.size + need > self.max_bytes and self.pending_bytes < self.size:
+            self._compact()
+        room = self.max_bytes - self.size
+        kept: list[bytes] = []
         for line in lines:
-            if self.size + len(line) + 1 > self.max_bytes:
-                break
-            kept.append(line + b"\n")
-            self.size += len(line) + 1
+            if len(line) + 1 <= room:
+                kept.append(line + b"\n")
+                room -= len(line) + 1
         if kept:
+            data = b"".join(kept)
             with self.path.open("ab") as f:
-                f.write(b"".join(kept))
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            self.size += len(data)
+            self.pending_bytes += len(data)
         return len(kept)
 
-    def read(self) -> list[bytes]:
-        if not self.path.exists():
-            return []
-        return [line for line in self.path.read_bytes().splitlines() if line.strip()]
+    def oldest(self, max_records: int, max_bytes: int = DRAIN_BYTES) -> list[tuple[int, bytes]]:
+        """Up to `max_records` undelivered records as (position, line), oldest first."""
+        entries: list[tuple[int, bytes]] = []
+        if not self.pending_bytes:
+            return entries
+        total = 0
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            pos = self.offset
+            for line in f:
+                if _is_record(line):
+                    entries.append((pos, line[:-1]))
+                    total += len(line)
+                    if len(entries) >= max_records or total >= max_bytes:
+                        break
+                pos += len(line)
+        return entries
 
-    def replace(self, lines: list[bytes]) -> None:
-        """Keep only `lines` (the ones still undelivered): write a temp file, then rename over."""
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        data = b"".join(line + b"\n" for line in lines)
-        with tmp.open("wb") as f:
-            f.write(data)
+    def discard(self, entries: list[tuple[int, bytes]]) -> None:
+        """Blank out records that were delivered (or can never be)."""
+        if not entries:
+            return
+        runs: list[tuple[int, bytearray]] = []
+        for pos, line in sorted(entries):
+            if runs and runs[-1][0] + len(runs[-1][1]) == pos:
+                runs[-1][1].extend(b" " * len(line) + b"\n")
+            else:
+                runs.append((pos, bytearray(b" " * len(line) + b"\n")))
+        with self.path.open("r+b") as f:
+            for pos, blank in runs:
+                f.seek(pos)
+                f.write(blank)
             f.flush()
             os.fsync(f.fileno())
+        self.pending_bytes -= sum(len(line) + 1 for _, line in entries)
+        if self.pending_bytes <= 0:
+            self._empty()
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            for line in f:
+                if _is_record(line):
+                    break
+                self.offset += len(line)
+
+    def _empty(self) -> None:
+        os.truncate(self.path, 0)
+        self.size = self.pending_bytes = self.offset = 0
+
+    def _compact(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        size = 0
+        with self.path.open("rb") as src, tmp.open("wb") as dst:
+            src.seek(self.offset)
+            for line in src:
+                if _is_record(line):
+                    dst.write(line)
+                    size += len(line)
+            dst.flush()
+            os.fsync(dst.fileno())
         os.replace(tmp, self.path)
-        self.size = len(data)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.size = self.pending_bytes = size
+        self.offset = 0
+
+
+@dataclass
+class _Attempt:
+    delivered: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, Exception]] = field(default_factory=list)
+    error: Exception | None = None
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+    """KafkaProducer options for the pairs topic; every wait is bounded so the writer never hangs."""
+    delivery_timeout_ms = max(
+        int(settings.delivery_timeout_s * 1000), settings.linger_ms + settings.request_timeout_ms
+    )
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": "shadowtap-proxy",
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": None if settings.compression == "none" else settings.compression,
+        "linger_ms": settings.linger_ms,
+        "batch_size": settings.batch_size,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "delivery_timeout_ms": delivery_timeout_ms,
+        # send() waits this long at most for metadata or buffer space; the constructor this long at
+        # most for a broker to answer (it raises NoBrokersAvailable when none does).
+        "max_block_ms": min(5000, delivery_timeout_ms),
+        "api_version_auto_timeout_ms": min(5000, settings.request_timeout_ms),
+        "reconnect_backoff_max_ms": 1000,
+    }
 
 
 class KafkaSink(ThreadedSink):
+    """Pair records to a Kafka topic from one writer thread, with a spill file for what Kafka cannot take."""
+
     name = "kafka"
 
     def __init__(
@@ -77,148 +267,338 @@ class KafkaSink(ThreadedSink):
         key_field: str = "id",
         name: str = "kafka",
     ) -> None:
+        if not settings.bootstrap_servers:
+            raise ValueError("sink.kafka.bootstrap_servers: not set; the Kafka sink needs a broker")
+        if settings.compression in _CODECS:
+            available, package = _CODECS[settings.compression]
+            if not available():
+                raise ValueError(
+                    f"sink.kafka.compression: {settings.compression!r} needs the Python package "
+                    f"{package!r}; install it or choose gzip"
+                )
         self.name = name
         super().__init__(metrics, queue_size)
         self.settings = settings
         self.topic = topic or settings.topic
         self.key_field = key_field
         self.spill = SpillFile(spill_path, settings.spill_max_bytes)
-        self.idle_interval = settings.retry_interval_s
-        self._producer: Any = None
-        self._next_attempt = 0.0
+        self._config = producer_config(settings)
+        # kafka-python reports every record by delivery_timeout_ms, give or take a few requests; a record
+        # not reported by then is given up on (and the producer replaced) rather than waited for forever.
+        self._report_within_s = (
+            self._config["delivery_timeout_ms"] + 3 * settings.request_timeout_ms
+        ) / 1000 + 5
+        self.idle_interval = min(settings.retry_interval_s, 1.0)
+        self._producer: KafkaProducer | None = None
+        self._retry_at = 0.0
+        self._probe = True
+        self._close_by: float | None = None
+        self._outage_since: float | None = None
         self._dropped = 0
-        metrics.sink_spill_bytes.labels(sink=self.name).set_function(lambda: self.spill.size)
-
-    # ------------------------------------------------------------------ producer
-
-    def _get_producer(self) -> Any:
-        if self._producer is not None:
-            return self._producer
-        if time.monotonic() < self._next_attempt:
-            return None
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
-
-        s = self.settings
-        try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=s.bootstrap_servers,
-                acks="all",
-                compression_type=None if s.compression == "none" else s.compression,
-                linger_ms=s.linger_ms,
-                batch_size=s.batch_size,
-                request_timeout_ms=s.request_timeout_ms,
-                delivery_timeout_ms=int(s.delivery_timeout_s * 1000),
-                max_block_ms=min(5000, int(s.delivery_timeout_s * 1000)),
-                reconnect_backoff_max_ms=2000,
-                client_id="shadowtap-proxy",
-            )
-        except (KafkaError, OSError) as exc:
-            log.warning(
-                "Kafka at %s unreachable (%s); keeping records in %s",
-                s.bootstrap_servers,
-                exc,
+        self._drop_logged_at = 0.0
+        self._drops_unlogged = 0
+        self._records = metrics.sink_records
+        metrics.sink_spill_bytes.labels(sink=self.name).set_function(lambda: self.spill.pending_bytes)
+        if self.spill.pending_bytes:
+            log.info(
+                "%d bytes of undelivered records in %s from an earlier run; delivering them first",
+                self.spill.pending_bytes,
                 self.spill.path,
             )
-            self._next_attempt = time.monotonic() + s.retry_interval_s
-            return None
-        return self._producer
-
-    def _deliver(self, lines: list[bytes], keys: list[bytes | None]) -> list[int]:
-        """Send and wait for acknowledgement; returns the indexes that were NOT delivered."""
-        from kafka.errors import KafkaError
-
-        producer = self._get_producer()
-        if producer is None:
-            return list(range(len(lines)))
-        futures: list[Any] = []
-        failed: list[int] = []
-        for i, (line, key) in enumerate(zip(lines, keys, strict=True)):
-            try:
-                futures.append((i, producer.send(self.topic, key=key, value=line)))
-            except (KafkaError, OSError) as exc:
-                log.warning("Kafka send failed: %s", exc)
-                failed.extend(range(i, len(lines)))
-                break
-        deadline = time.monotonic() + self.settings.delivery_timeout_s + 1
-        for i, future in futures:
-            try:
-                future.get(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # KafkaError, timeouts: the record is kept for later
-                log.debug("delivery of record %d failed: %s", i, exc)
-                failed.append(i)
-        if failed:
-            self._next_attempt = time.monotonic() + self.settings.retry_interval_s
-        return sorted(set(failed))
 
     # ------------------------------------------------------------------ ThreadedSink hooks
 
     def write(self, records: list[dict[str, Any]]) -> None:
         lines = [encode_record(r) for r in records]
-        keys = [str(r.get(self.key_field, "")).encode() or None for r in records]
-        if self.spill.size and not self._drain_spill():
-            self._keep(lines)  # the broker is still away: keep order behind what is waiting
+        if self._waiting() or (self.spill.pending_bytes and not self._drain_chunk()):
+            self._keep(lines)  # the broker is still away: behind what is already waiting
             return
-        failed = self._deliver(lines, keys)
-        self.metrics.sink_records.labels(sink=self.name, outcome="written").inc(len(lines) - len(failed))
-        if failed:
-            self.metrics.sink_records.labels(sink=self.name, outcome="failed").inc(len(failed))
-            self._keep([lines[i] for i in failed])
+        keys = [self._key(r.get(self.key_field)) for r in records]
+        attempt = self._deliver(keys, lines)
+        self._count("written", len(attempt.delivered))
+        self._count("failed", len(attempt.failed))
+        self._reject([(lines[i], exc) for i, exc in attempt.rejected])
+        self._keep([lines[i] for i in attempt.failed])
 
     def idle(self) -> None:
-        if self.spill.size:
-            self._drain_spill()
+        while self.spill.pending_bytes and self._queue.empty() and self._drain_chunk():
+            pass
 
     def finish(self) -> None:
-        if self.spill.size:
-            self._drain_spill()
-        if self._producer is not None:
-            try:
-                self._producer.flush(timeout=5)
-                self._producer.close(timeout=5)
-            except Exception:
-                log.exception("closing the Kafka producer failed")
-        if self.spill.size:
+        while self.spill.pending_bytes and self._drain_chunk():
+            pass
+        self._close_producer(timeout=self._time_left(default=5.0))
+        if self.spill.pending_bytes:
             log.warning(
-                "%d bytes of records left in %s; they are delivered at the next start",
-                self.spill.size,
+                "%d bytes of records not delivered to Kafka are kept in %s for the next start",
+                self.spill.pending_bytes,
                 self.spill.path,
             )
+
+    def start(self) -> None:
+        self._close_by = None
+        super().start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued, or spill it, and return within `timeout` seconds.
+
+        The writer notices the deadline between steps; the longest step it cannot cut short is one
+        `send()` or connection attempt (5 s at most), so `timeout` should leave room for that."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        # Deliveries stop a little before the deadline so that what is left can still be spilled.
+        self._close_by = deadline - min(1.0, timeout / 4)
+        try:
+            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            log.error("%s sink: queue still full at shutdown", self.name)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.error(
+                "%s sink did not finish within %.1fs; %d queued records may be lost",
+                self.name,
+                timeout,
+                self._queue.qsize(),
+            )
+        self._thread = None
+
+    # ------------------------------------------------------------------ delivery
+
+    def _key(self, value: Any) -> bytes | None:
+        return None if value is None else str(value).encode("utf-8")
+
+    def _waiting(self) -> bool:
+        """True while a failed attempt's back-off runs, or once shutdown leaves no time to deliver."""
+        now = time.monotonic()
+        return now < self._retry_at or (self._close_by is not None and now >= self._close_by)
+
+    def _time_left(self, default: float) -> float:
+        if self._close_by is None:
+            return default
+        return max(0.0, min(default, self._close_by - time.monotonic()))
+
+    def _connect(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(**self._config)  # NoBrokersAvailable if none answers
+        elif self._probe and not _accepts_connections(self.settings.bootstrap_servers):
+            # Do not hold a probe for the whole delivery timeout when no broker is even listening.
+            raise NoBrokersAvailable(f"no broker at {self.settings.bootstrap_servers} accepts connections")
+        return self._producer
+
+    def _deliver(self, keys: list[bytes | None], lines: list[bytes]) -> _Attempt:
+        """Send the records and wait for the broker's acknowledgements (or failures)."""
+        attempt = _Attempt()
+        futures = []
+        try:
+            producer = self._connect()
+            for i, (key, line) in enumerate(zip(keys, lines, strict=True)):
+                try:
+                    futures.append((i, producer.send(self.topic, key=key, value=line)))
+                except UNDELIVERABLE as exc:
+                    attempt.rejected.append((i, exc))
+        except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError (no metadata, buffer full), ...
+            attempt.error = exc
+            sent = {i for i, _ in futures} | {i for i, _ in attempt.rejected}
+            attempt.failed = [i for i in range(len(lines)) if i not in sent]
+        # Wait for each record's outcome: one given up on while the producer may still deliver it would
+        # be spilled and then delivered twice. Only shutdown (or a producer that stopped reporting) cuts
+        # the wait short.
+        wait_until = time.monotonic() + self._time_left(default=self._report_within_s)
+        unreported = False
+        for i, future in futures:
+            try:
+                future.get(timeout=max(0.0, wait_until - time.monotonic()))
+            except UNDELIVERABLE as exc:
+                attempt.rejected.append((i, exc))
+            except Exception as exc:  # KafkaTimeoutError (expired), NotLeaderForPartition, ... after retries
+                attempt.error = exc
+                attempt.failed.append(i)
+                unreported = unreported or not future.is_done
+            else:
+                attempt.delivered.append(i)
+        if attempt.failed:
+            self._broker_failed(attempt.error, replace_producer=unreported or not _transient(attempt.error))
+        elif attempt.delivered:
+            self._broker_ok()
+        return attempt
+
+    def _broker_failed(self, error: Exception | None, *, replace_producer: bool) -> None:
+        self._retry_at = time.monotonic() + self.settings.retry_interval_s
+        self._probe = True
+        # The producer is kept through outages: its retries of records the broker may already have
+        # written carry the same producer id and sequence numbers, so the broker drops the duplicates.
+        # One in an unknown or fatal state (fenced, out of sequence, not reporting) is replaced.
+        if replace_producer:
+            self._close_producer(timeout=0.0)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "Kafka at %s is not taking records (%s); keeping them in %s and retrying every %.1fs",
+                self.settings.bootstrap_servers,
+                _describe(error),
+                self.spill.path,
+                self.settings.retry_interval_s,
+            )
+
+    def _broker_ok(self) -> None:
+        if self._outage_since is not None:
+            log.warning(
+                "Kafka at %s takes records again after %.1fs",
+                self.settings.bootstrap_servers,
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
+
+    def _close_producer(self, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=timeout)
+        except KafkaError as exc:
+            # kafka-python's close() flushes first and, when that times out, raises without stopping
+            # its sender thread (which would then retry the broker forever): stop it without waiting.
+            log.debug("closing the Kafka producer: %s", exc)
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+
+    def _drain_chunk(self) -> bool:
+        """Deliver the oldest spilled records (one alone after a failure); True when all of them went."""
+        if self._waiting():
+            return False
+        entries = self.spill.oldest(1 if self._probe else DRAIN_RECORDS)
+        if not entries:
+            return True
+        lines = [line for _, line in entries]
+        attempt = self._deliver([self._spilled_key(line) for line in lines], lines)
+        self.spill.discard(
+            [entries[i] for i in attempt.delivered] + [entries[i] for i, _ in attempt.rejected]
+        )
+        self._count("written", len(attempt.delivered))
+        self._reject([(lines[i], exc) for i, exc in attempt.rejected])
+        if attempt.failed:
+            self._count("failed", len(attempt.failed))
+            return False
+        self._probe = False
+        return True
+
+    def _spilled_key(self, line: bytes) -> bytes | None:
+        try:
+            return self._key(json.loads(line).get(self.key_field))
+        except (ValueError, AttributeError):
+            return None
+
+    # ------------------------------------------------------------------ keeping and losing records
+
+    def _count(self, outcome: str, n: int) -> None:
+        if n:
+            self._records.labels(sink=self.name, outcome=outcome).inc(n)
 
     def _keep(self, lines: list[bytes]) -> None:
-        kept = self.spill.append(lines)
-        self.metrics.sink_records.labels(sink=self.name, outcome="spilled").inc(kept)
-        lost = len(lines) - kept
-        if lost:
-            self._dropped += lost
-            self.metrics.sink_records.labels(sink=self.name, outcome="dropped").inc(lost)
-            log.error(
-                "spill file %s is full (%d bytes): %d records DROPPED (%d since start); Kafka at %s is unreachable",
-                self.spill.path,
-                self.spill.max_bytes,
-                lost,
-                self._dropped,
-                self.settings.bootstrap_servers,
+        if not lines:
+            return
+        try:
+            kept = self.spill.append(lines)
+        except OSError as exc:
+            self._drop(len(lines), f"cannot write the spill file {self.spill.path}: {exc}")
+            return
+        self._count("spilled", kept)
+        if kept < len(lines):
+            self._drop(
+                len(lines) - kept,
+                f"the spill file {self.spill.path} is full ({self.spill.max_bytes} bytes, "
+                "sink.kafka.spill_max_bytes) while Kafka is not taking records",
             )
 
-    def _drain_spill(self) -> bool:
-        """Deliver the spill, oldest first; True once it is empty."""
-        if time.monotonic() < self._next_attempt:
-            return False
-        lines = self.spill.read()
-        if not lines:
-            self.spill.replace([])
-            return True
-        keys = []
-        for line in lines:
-            try:
-                keys.append(str(json.loads(line).get(self.key_field, "")).encode() or None)
-            except ValueError:
-                keys.append(None)
-        failed = self._deliver(lines, keys)
-        delivered = len(lines) - len(failed)
-        if delivered:
-            self.metrics.sink_records.labels(sink=self.name, outcome="written").inc(delivered)
-            log.info("delivered %d spilled records to %s", delivered, self.topic)
-        self.spill.replace([lines[i] for i in failed])
-        return not failed
+    def _reject(self, rejected: list[tuple[bytes, Exception]]) -> None:
+        for line, exc in rejected:
+            self._drop(1, f"Kafka refuses the record ({len(line)} bytes): {_describe(exc)}")
+
+    def _drop(self, n: int, why: str) -> None:
+        self._count("dropped", n)
+        self._dropped += n
+        self._drops_unlogged += n
+        now = time.monotonic()
+        # Every loss is counted; the log says so at most once a second, with the totals.
+        if now - self._drop_logged_at >= 1.0:
+            log.error(
+                "%s sink DROPPED %d records (%d since start): %s",
+                self.name,
+                self._drops_unlogged,
+                self._dropped,
+                why,
+            )
+            self._drop_logged_at = now
+            self._drops_unlogged = 0
+
+
+# -------------------------------------------------------------------------------------- consumers
+
+
+def make_consumer(
+    settings: KafkaSettings,
+    topics: list[str],
+    *,
+    group_id: str | None,
+    auto_offset_reset: str = "earliest",
+    enable_auto_commit: bool = False,
+    **options: Any,
+) -> KafkaConsumer:
+    """A consumer of `topics` that sees committed records only (the scorer writes in transactions)."""
+    if not settings.bootstrap_servers:
+        raise ValueError("sink.kafka.bootstrap_servers: not set; a consumer needs a broker")
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": "shadowtap-consumer",
+        "group_id": group_id,
+        "auto_offset_reset": auto_offset_reset,
+        "enable_auto_commit": enable_auto_commit,
+        "isolation_level": "read_committed",
+    }
+    config.update(options)
+    return KafkaConsumer(*topics, **config)
+
+
+def read_messages(bootstrap: str, topic: str, *, expected: int, timeout_s: float) -> list[ConsumerRecord]:
+    """Every committed message on `topic` from its beginning: waits until there are at least `expected`
+    (or `timeout_s` passes), then returns all there are, duplicates included."""
+    deadline = time.monotonic() + timeout_s
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        client_id="shadowtap-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    messages: list[ConsumerRecord] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return messages
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning()
+        while time.monotonic() < deadline:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            batch = consumer.poll(timeout_ms=max(1, min(500, remaining_ms)))
+            for records in batch.values():
+                messages.extend(records)
+            if len(messages) >= expected:
+                ends = consumer.end_offsets(assigned)
+                if not batch or all(consumer.position(tp) >= ends[tp] for tp in assigned):
+                    break
+    finally:
+        consumer.close()
+    return messages
+
+
+def read_all(bootstrap: str, topic: str, *, expected: int, timeout_s: float) -> list[dict[str, Any]]:
+    """The JSON records on `topic`, as `read_messages` finds them."""
+    return [
+        json.loads(m.value) for m in read_messages(bootstrap, topic, expected=expected, timeout_s=timeout_s)
+    ]
