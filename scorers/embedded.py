@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ def scoring_metrics(metrics: Metrics) -> ScoringMetrics:
 
 
 class EmbeddedScoring:
+    """Scores pairs on a thread with its own event loop, so scoring never holds up the proxy's loop."""
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         config = settings.scoring
         self.metrics = scoring_metrics(metrics)
@@ -40,24 +43,40 @@ class EmbeddedScoring:
         self.scores_sink = JsonlSink(data_dir / "scores.jsonl", metrics, name="scores")
         self.review_sink = JsonlSink(data_dir / "review.jsonl", metrics, name="review")
         self.concurrency = int(config.get("concurrency", 8))
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=int(config.get("queue_size", 1000)))
-        self.metrics.scoring_queue_depth.set_function(self.queue.qsize)
+        self.queue_size = int(config.get("queue_size", 1000))
+        self.queue: asyncio.Queue[dict[str, Any]] | None = None
+        # Each counter is written by one thread only: handed over (the proxy's loop), finished (scoring).
+        self.handed_over = 0
+        self.finished = 0
+        self.metrics.scoring_queue_depth.set_function(lambda: self.waiting)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="shadowtap-scoring", daemon=True)
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def waiting(self) -> int:
+        return self.handed_over - self.finished
 
     def start_soon(self) -> None:
         self.scores_sink.start()
         self.review_sink.start()
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._worker()) for _ in range(self.concurrency)
-        ]
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+
+    async def _start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
 
     def submit(self, pair: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(pair)
-        except asyncio.QueueFull:
+        """Called on the proxy's loop: one counter check and a hand-over, never a wait."""
+        if self.waiting >= self.queue_size:
             self.metrics.scoring_dropped.inc()
+            return
+        self.handed_over += 1
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, pair)  # type: ignore[union-attr]
 
     async def _worker(self) -> None:
+        assert self.queue is not None
         while True:
             pair = await self.queue.get()
             try:
@@ -70,19 +89,32 @@ class EmbeddedScoring:
             except Exception:
                 log.exception("scoring failed on pair %s", pair.get("id"))
             finally:
+                self.finished += 1
                 self.queue.task_done()
 
-    async def close(self, deadline_s: float = 10.0) -> None:
+    async def _drain(self, deadline_s: float) -> int:
+        assert self.queue is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline_s):
                 await self.queue.join()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        unscored = self.queue.qsize()
+        return self.queue.qsize()
+
+    async def close(self, deadline_s: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        unscored = await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._drain(deadline_s), self._loop)
+        )
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
         if unscored:
             # Still in pairs.jsonl: `shadowtap score --input` can score them later.
             self.metrics.scoring_dropped.inc(unscored)
-            log.warning("shutdown: %d pairs left unscored at the deadline (they are in pairs.jsonl)", unscored)
+            log.warning(
+                "shutdown: %d pairs left unscored at the deadline (they are in pairs.jsonl)", unscored
+            )
         self.scores_sink.close()
         self.review_sink.close()
