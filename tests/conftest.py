@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shadowtap.config import Settings, load_settings
 from shadowtap.metrics import Metrics
@@ -31,6 +35,18 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def start_serve(tmp_path: Path, config: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """`shadowtap serve --config FILE` as a real process, in an environment without SHADOWTAP_* variables."""
+    path = tmp_path / "shadowtap.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+    )
 
 
 @dataclass

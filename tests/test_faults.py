@@ -7,12 +7,9 @@ proxy promises under each is listed in docs/guarantees.md.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +18,6 @@ from typing import Any, ClassVar
 import httpx
 import openai
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from shadowtap.proxy.record import SideResult, build_pair
@@ -30,7 +26,7 @@ from shadowtap.scorers.runner import DEFAULT_SCORERS, ScoringPipeline, build_sco
 from shadowtap.metrics import ScoringMetrics
 from shadowtap.records import Score, utc_now_rfc3339, validate_pair
 from shadowtap.simulated import Reply
-from tests.conftest import wait_for
+from tests.conftest import start_serve, wait_for
 
 CHAT_ROUTE = "/v1/chat/completions"
 CHAT = [{"role": "user", "content": "Where is my parcel right now?"}]
@@ -309,24 +305,16 @@ def test_sigterm_finishes_the_users_stream_and_accounts_for_every_queued_shadow(
     grace = 3.0
     port = free_port()
     data = tmp_path / "data"
-    config = tmp_path / "shadowtap.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "primary": {"url": primary.base_url},
-                "candidate": {"url": candidate.base_url},
-                "server": {"port": port, "shutdown_grace_s": grace},
-                # One candidate call at a time at 1 s each: most shadows are still queued at SIGTERM.
-                "shadow": {"concurrency": 1, "queue_size": 100},
-                "sink": {"data_dir": str(data)},
-            }
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+    proc = start_serve(
+        tmp_path,
+        {
+            "primary": {"url": primary.base_url},
+            "candidate": {"url": candidate.base_url},
+            "server": {"port": port, "shutdown_grace_s": grace},
+            # One candidate call at a time at 1 s each: most shadows are still queued at SIGTERM.
+            "shadow": {"concurrency": 1, "queue_size": 100},
+            "sink": {"data_dir": str(data)},
+        },
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -384,22 +372,14 @@ def test_a_request_stuck_on_a_hung_primary_does_not_hold_shutdown_past_a_fractio
     hung = upstream_factory("primary-model", lambda route, body: Reply(fault="hang"))
     grace = 0.5
     port = free_port()
-    config = tmp_path / "shadowtap.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "primary": {"url": hung.base_url},
-                "candidate": {"url": candidate.base_url},
-                "server": {"port": port, "shutdown_grace_s": grace},
-                "sink": {"data_dir": str(tmp_path / "data")},
-            }
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+    proc = start_serve(
+        tmp_path,
+        {
+            "primary": {"url": hung.base_url},
+            "candidate": {"url": candidate.base_url},
+            "server": {"port": port, "shutdown_grace_s": grace},
+            "sink": {"data_dir": str(tmp_path / "data")},
+        },
     )
     base = f"http://127.0.0.1:{port}"
     outcome: dict[str, Any] = {}

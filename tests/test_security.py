@@ -9,8 +9,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,13 +16,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from shadowtap.proxy.redact import Redactor, luhn_ok
 
 from shadowtap.config import DEFAULT_SECRET_HEADERS, load_settings
 from shadowtap.simulated import Reply
-from tests.conftest import wait_for
+from tests.conftest import start_serve, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT_ROUTE = "/v1/chat/completions"
@@ -290,28 +287,20 @@ def test_a_flood_of_segment_values_does_not_grow_any_metrics_series(proxy_factor
 
 def test_metrics_can_be_served_on_their_own_port_and_interface(tmp_path: Path, primary, candidate):
     user_port, metrics_port = free_port(), free_port("127.0.0.2")
-    config = tmp_path / "shadowtap.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "primary": {"url": primary.base_url},
-                "candidate": {"url": candidate.base_url},
-                "server": {
-                    "host": "127.0.0.1",
-                    "port": user_port,
-                    "metrics_host": "127.0.0.2",
-                    "metrics_port": metrics_port,
-                    "shutdown_grace_s": 1,
-                },
-                "sink": {"data_dir": str(tmp_path / "data")},
-            }
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+    proc = start_serve(
+        tmp_path,
+        {
+            "primary": {"url": primary.base_url},
+            "candidate": {"url": candidate.base_url},
+            "server": {
+                "host": "127.0.0.1",
+                "port": user_port,
+                "metrics_host": "127.0.0.2",
+                "metrics_port": metrics_port,
+                "shutdown_grace_s": 1,
+            },
+            "sink": {"data_dir": str(tmp_path / "data")},
+        },
     )
     user = f"http://127.0.0.1:{user_port}"
     try:
