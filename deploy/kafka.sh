@@ -61,9 +61,11 @@ L4J
   say "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS"
   local staging="$HOME_DIR/libs.partial"
   rm -rf "$staging" "$LIBS"
-  mvn -q -B -Dstyle.color=never -f "$HOME_DIR/pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$staging" -DincludeScope=runtime \
-    || die "mvn could not fetch Kafka $KAFKA_VERSION from Maven Central (is the network or a Maven mirror reachable?)"
+  if ! mvn -q -B -Dstyle.color=never -f "$HOME_DIR/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$staging" -DincludeScope=runtime >"$HOME_DIR/mvn.log" 2>&1; then
+    tail -n 40 "$HOME_DIR/mvn.log" >&2
+    die "mvn could not fetch Kafka $KAFKA_VERSION from Maven Central (is it, or a Maven mirror, reachable?); see $HOME_DIR/mvn.log"
+  fi
   [ -f "$staging/kafka_2.13-$KAFKA_VERSION.jar" ] || die "kafka_2.13-$KAFKA_VERSION.jar missing after mvn"
   touch "$staging/.complete"
   mv "$staging" "$LIBS"

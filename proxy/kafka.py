@@ -283,11 +283,11 @@ class KafkaSink(ThreadedSink):
         self.key_field = key_field
         self.spill = SpillFile(spill_path, settings.spill_max_bytes)
         self._config = producer_config(settings)
-        # kafka-python reports every record by delivery_timeout_ms, give or take a few requests; a record
-        # not reported by then is given up on (and the producer replaced) rather than waited for forever.
-        self._report_within_s = (
-            self._config["delivery_timeout_ms"] + 3 * settings.request_timeout_ms
-        ) / 1000 + 5
+        # kafka-python reports a record by delivery_timeout_ms, but with idempotence one that was in
+        # flight when the broker went away can take much longer. Past this bound it is given up on (and
+        # the producer replaced): a record delivered twice is better than a writer stuck while the
+        # queue behind it overflows.
+        self._report_within_s = (self._config["delivery_timeout_ms"] + settings.request_timeout_ms) / 1000 + 5
         self.idle_interval = min(settings.retry_interval_s, 1.0)
         self._producer: KafkaProducer | None = None
         self._retry_at = 0.0
