@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shadowtap.proxy.record import SideAssembler, SideResult
 from shadowtap.proxy.shadow import MIRRORED_ROUTES, PairHandler, ShadowDispatcher, ShadowJob
+from shadowtap.proxy.transport import UpstreamResponse
 from shadowtap.proxy.upstream import Upstream, forward_headers, response_headers
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -67,9 +68,10 @@ class Proxy:
 
     async def handle(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        path = request.url.path
+        scope = request.scope
+        path = scope["path"]
         route = route_label(path)
-        method = request.method
+        method = scope["method"]
         body = await request.body()
         headers = forward_headers(request.scope["headers"])
 
@@ -84,30 +86,26 @@ class Proxy:
                 self.metrics.shadow_dropped.labels(route=route, reason="internal_error").inc()
                 job = None
 
-        url = self.primary.url_for(path)
-        query = request.scope.get("query_string", b"")
-        if query:
-            url = f"{url}?{query.decode('latin-1')}"
-        upstream_request = self.primary.client.build_request(method, url, content=body, headers=headers)
         t_sent = time.perf_counter()
         try:
-            upstream = await self.primary.send(upstream_request)
+            upstream = await self.primary.send(method, path, headers, body, scope.get("query_string", b""))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 for the user
             return self._primary_failed(exc, route, job, t0, t_sent)
 
         t_headers = time.perf_counter()
-        status = upstream.status_code
-        content_type = upstream.headers.get("content-type", "")
-        is_stream = content_type.startswith("text/event-stream")
-        out_headers = response_headers(upstream.headers.raw)
+        status = upstream.status
+        content_type = upstream.header(b"content-type") or b""
+        is_stream = content_type.startswith(b"text/event-stream")
+        out_headers = response_headers(upstream.headers)
         self.metrics.requests.labels(route=route, side="primary", status=str(status)).inc()
         assembler = None
         if job is not None:
             try:
+                encoding = upstream.header(b"content-encoding")
                 assembler = SideAssembler(
                     streaming=is_stream,
                     started=t_sent,
-                    content_encoding=upstream.headers.get("content-encoding"),
+                    content_encoding=encoding.decode("latin-1") if encoding else None,
                 )
             except ValueError as exc:
                 self._resolve(job, SideResult(status=status).fail("undecodable", str(exc)))
@@ -144,14 +142,14 @@ class Proxy:
 
     async def _relay(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         route: str,
         job: ShadowJob | None,
         assembler: SideAssembler | None,
         t_sent: float,
     ) -> AsyncIterator[bytes]:
         """Pass the primary's stream through as it arrives; a copy of each chunk feeds the record."""
-        result = SideResult(status=upstream.status_code)
+        result = SideResult(status=upstream.status)
         try:
             async for chunk in upstream.aiter_raw():
                 yield chunk

@@ -76,6 +76,11 @@ class SideAssembler:
     def __post_init__(self) -> None:
         self._decoder = _decompressor(self.content_encoding)
 
+    def set_content_encoding(self, content_encoding: str) -> None:
+        """Decode what `feed` gets from now on (gzip, deflate); raises ValueError for other codings."""
+        self.content_encoding = content_encoding
+        self._decoder = _decompressor(content_encoding)
+
     def feed(self, chunk: bytes, now: float) -> None:
         if not chunk:
             return

@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from shadowtap.proxy.upstream import Upstream
 
 from shadowtap.config import Settings
 from shadowtap.metrics import Metrics
-from shadowtap.records import utc_now_rfc3339
+from shadowtap.records import rfc3339
 
 log = logging.getLogger("shadowtap.shadow")
 
@@ -40,7 +39,7 @@ class ShadowJob:
     """One sampled request on its way to the candidate, waiting for the primary's side too."""
 
     pair_id: str
-    ts: str
+    received_at: float  # Unix time; formatted off the request path, when the record is built
     route: str
     body: dict[str, Any]
     stream: bool
@@ -120,10 +119,11 @@ class ShadowDispatcher:
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
         # The candidate sees only what config gives it: never the client's headers or credentials.
-        self._candidate_headers = {k.lower(): v for k, v in settings.candidate.headers.items()}
-        self._candidate_headers["content-type"] = "application/json"
+        candidate_headers = {k.lower(): v for k, v in settings.candidate.headers.items()}
+        candidate_headers["content-type"] = "application/json"
         if settings.candidate.api_key:
-            self._candidate_headers["authorization"] = f"Bearer {settings.candidate.api_key}"
+            candidate_headers["authorization"] = f"Bearer {settings.candidate.api_key}"
+        self._candidate_headers = [(k.encode("latin-1"), v.encode()) for k, v in candidate_headers.items()]
         metrics.shadow_queued.set_function(self.queue.qsize)
         metrics.shadow_in_flight.set_function(lambda: self.in_flight)
 
@@ -169,8 +169,9 @@ class ShadowDispatcher:
             "length_bucket": length_bucket(input_chars(body), self.settings.tags.length_buckets),
         }
         return ShadowJob(
-            pair_id=uuid.uuid4().hex,
-            ts=utc_now_rfc3339(),
+            # Unique, not secret: 128 random bits without a getrandom() syscall on the request path.
+            pair_id=f"{random.getrandbits(128):032x}",
+            received_at=time.time(),
             route=route,
             body=body,
             stream=body.get("stream") is True,
@@ -258,20 +259,17 @@ class ShadowDispatcher:
         route = job.route
         try:
             async with asyncio.timeout(settings.timeout_s):
-                request = self.candidate.client.build_request(
-                    "POST",
-                    self.candidate.url_for(route),
-                    content=json.dumps(body).encode(),
-                    headers=self._candidate_headers,
+                response = await self.candidate.send(
+                    "POST", route, self._candidate_headers, json.dumps(body).encode()
                 )
-                response = await self.candidate.client.send(request, stream=True)
                 try:
-                    result.status = response.status_code
-                    streaming = job.stream and response.headers.get("content-type", "").startswith(
-                        "text/event-stream"
-                    )
-                    assembler.streaming = streaming
-                    async for chunk in response.aiter_bytes():
+                    result.status = response.status
+                    content_type = response.header(b"content-type") or b""
+                    assembler.streaming = job.stream and content_type.startswith(b"text/event-stream")
+                    encoding = response.header(b"content-encoding")
+                    if encoding:
+                        assembler.set_content_encoding(encoding.decode("latin-1"))
+                    async for chunk in response.aiter_raw():
                         assembler.feed(chunk, time.perf_counter())
                 finally:
                     await response.aclose()
@@ -295,6 +293,8 @@ class ShadowDispatcher:
             result.fail("disconnected", f"{type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             result.fail("transport", f"{type(exc).__name__}: {exc}")
+        except ValueError as exc:  # a content coding the record cannot decode
+            result.fail("undecodable", str(exc))
         status = "error" if result.status is None else str(result.status)
         self.metrics.requests.labels(route=route, side="candidate", status=status).inc()
         if result.error is not None:
@@ -323,7 +323,7 @@ class ShadowDispatcher:
                 side.text = self.redactor.text(side.text)
         record = build_pair(
             pair_id=job.pair_id,
-            ts=job.ts,
+            ts=rfc3339(job.received_at),
             route=job.route,
             stream=job.stream,
             request=self.redactor.redact_request(job.body),

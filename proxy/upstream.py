@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from shadowtap.proxy.transport import H1Transport, Timeouts, UpstreamResponse
 
 from shadowtap.config import UpstreamSettings
 
@@ -30,6 +31,10 @@ class Upstream:
 
     `base_url` is what the OpenAI SDK takes as `base_url` (e.g. `http://vllm:8000/v1`); a client's
     request for `/v1/chat/completions` goes to `<base_url>/chat/completions`.
+
+    The proxy's own requests go through `send`, straight to the pool with raw headers: building httpx's
+    request and response models costs more than the rest of a proxied request. `client` is an
+    `httpx.AsyncClient` on the same pool, for anything that wants the full client.
     """
 
     def __init__(self, side: str, settings: UpstreamSettings) -> None:
@@ -38,32 +43,43 @@ class Upstream:
         self.side = side
         self.settings = settings
         self.base_url = settings.url.rstrip("/")
+        self.transport = H1Transport(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_keepalive,
+            keepalive_expiry=30.0,
+        )
+        self.timeouts = Timeouts(
+            pool=settings.timeout_s, connect=settings.connect_timeout_s, read=settings.timeout_s
+        )
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_keepalive,
-                keepalive_expiry=30.0,
-            ),
+            transport=self.transport,
             follow_redirects=False,
             trust_env=False,
         )
-        self._transport = self.client._transport
+        self._targets: dict[str, httpx.URL] = {}
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """Send on the pooled transport and return as soon as the headers are in (the body streams).
-
-        The client's own layers (auth flows, cookie jar, redirects) have nothing to do for a proxy, so
-        the request goes straight to the connection pool.
-        """
-        response = await self._transport.handle_async_request(request)
-        response.request = request
-        return response
+    async def send(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes, query: bytes = b""
+    ) -> UpstreamResponse:
+        """Send to `path` mapped onto the base URL; return as soon as the headers are in (the body streams)."""
+        return await self.transport.send(method, self.target(path, query), headers, body, self.timeouts)
 
     def url_for(self, path: str) -> str:
         """Map a proxy path (`/v1/...`) onto this upstream's base URL. Only config decides the host."""
         suffix = path[3:] if path.startswith("/v1/") or path == "/v1" else path
         return self.base_url + suffix
+
+    def target(self, path: str, query: bytes = b"") -> httpx.URL:
+        """`url_for` as a parsed URL, cached for the query-less paths seen most (parsing one is not free)."""
+        if query:
+            return httpx.URL(f"{self.url_for(path)}?{query.decode('latin-1')}")
+        url = self._targets.get(path)
+        if url is None:
+            if len(self._targets) >= 256:  # paths come from clients: keep the cache bounded
+                self._targets.clear()
+            url = self._targets[path] = httpx.URL(self.url_for(path))
+        return url
 
     async def aclose(self) -> None:
         await self.client.aclose()

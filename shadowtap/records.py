@@ -25,6 +25,11 @@ def utc_now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def rfc3339(epoch_s: float) -> str:
+    """A Unix time as an RFC 3339 UTC timestamp with milliseconds, like `utc_now_rfc3339`."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @cache
 def schema(name: str) -> dict[str, Any]:
     """Load a bundled JSON Schema: `pair.v1` or `score.v1`."""

@@ -180,7 +180,7 @@ def test_a_lone_surrogate_escape_is_served_mirrored_and_recorded(proxy, primary,
 
 def test_a_client_that_leaves_mid_stream_closes_the_primarys_stream(proxy, primary):
     primary.sim.policy = lambda route, body: Reply(text=" ".join(["word"] * 300), token_delay_s=0.05)
-    upstream_pool = proxy.handle.server.config.app.state.proxy.primary.client._transport._pool
+    upstream_pool = proxy.handle.server.config.app.state.proxy.primary.transport
     primary_connections = primary.handle.server.server_state.connections
     body = {"model": "m", "messages": CHAT, "stream": True}
 
@@ -191,7 +191,7 @@ def test_a_client_that_leaves_mid_stream_closes_the_primarys_stream(proxy, prima
     # The client's connection is gone; the proxy must hang up on the primary too, not read on.
 
     wait_for(lambda: not primary_connections, what="the primary to see its connection closed")
-    assert upstream_pool.connections == []
+    assert upstream_pool.open_connections == 0
     wait_for(lambda: not pending_shadows(proxy), what="no pending shadow job")
     [pair] = proxy.pairs(expected=1)
     assert pair["primary"]["error"]["kind"] == "client_disconnected"
