@@ -273,6 +273,8 @@ class ShadowDispatcher:
                         assembler.feed(chunk, time.perf_counter())
                 finally:
                     await response.aclose()
+                # Parsing and recording can wait a turn: let user-facing work that is ready run first.
+                await asyncio.sleep(0)
             assembler.finish(result, time.perf_counter(), route)
             if job.stream and not assembler.streaming and result.error is None and result.status == 200:
                 result.fail("invalid_response", "asked to stream but the candidate did not answer with SSE")

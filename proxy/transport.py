@@ -261,6 +261,32 @@ class UpstreamResponse:
             self._transport._release(self._conn)
 
 
+class Exchange:
+    """A request on its way: `response()` waits for the response headers."""
+
+    __slots__ = ("_transport", "_conn", "_read_timeout", "_head_only")
+
+    def __init__(
+        self, transport: H1Transport, conn: _Connection, read_timeout: float | None, head_only: bool
+    ) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._read_timeout = read_timeout
+        self._head_only = head_only
+
+    async def response(self) -> UpstreamResponse:
+        conn = self._conn
+        try:
+            await conn.read_head(self._read_timeout)
+        except BaseException:
+            self._transport._discard(conn)
+            raise
+        if self._head_only:  # the parser cannot be told a HEAD response has no body: do not reuse
+            conn._complete = True
+            conn._until_close = True
+        return UpstreamResponse(self._transport, conn, self._read_timeout)
+
+
 class _HttpxStream(httpx.AsyncByteStream):
     def __init__(self, response: UpstreamResponse) -> None:
         self._response = response
@@ -327,8 +353,23 @@ class H1Transport(httpx.AsyncBaseTransport):
         *,
         stream: AsyncIterator[bytes] | None = None,
     ) -> UpstreamResponse:
-        """Send one request (`headers` as given, plus Host and the body's length when missing) and
-        return once the response headers are in. `body` None with a `stream` sends it chunked."""
+        """Send one request and return once the response headers are in (`start`, then `response`)."""
+        exchange = await self.start(method, url, headers, body, timeouts, stream=stream)
+        return await exchange.response()
+
+    async def start(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        timeouts: Timeouts,
+        *,
+        stream: AsyncIterator[bytes] | None = None,
+    ) -> Exchange:
+        """Send one request (`headers` as given, plus Host and the body's length when missing); the
+        caller then awaits `response()` on what comes back, and must, exactly once. `body` None with a
+        `stream` sends the stream chunked. With a pooled connection free this never suspends."""
         if self._closed:
             raise RuntimeError("the transport is closed")
         scheme = url.raw_scheme
@@ -365,18 +406,13 @@ class H1Transport(httpx.AsyncBaseTransport):
             else:
                 write(head)
                 write(body)
-            await conn.read_head(timeouts.read)
         except BaseException:
             if conn is not None:
-                conn.close()
-                self.open_connections -= 1
-            slots.release()
+                self._discard(conn)
+            else:
+                slots.release()
             raise
-
-        if method == "HEAD":  # the parser cannot be told there is no body: do not reuse
-            conn._complete = True
-            conn._until_close = True
-        return UpstreamResponse(self, conn, timeouts.read)
+        return Exchange(self, conn, timeouts.read, method == "HEAD")
 
     def _take_idle(self, origin: tuple[bytes, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -410,6 +446,11 @@ class H1Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"could not connect to {host}:{port}: {exc}") from exc
         self.open_connections += 1
         return conn
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self.open_connections -= 1
+        self._slots.release()  # type: ignore[union-attr]
 
     def _release(self, conn: _Connection) -> None:
         reusable = conn.reusable()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from shadowtap.proxy.transport import H1Transport, Timeouts, UpstreamResponse
+from shadowtap.proxy.transport import Exchange, H1Transport, Timeouts, UpstreamResponse
 
 from shadowtap.config import UpstreamSettings
 
@@ -64,6 +64,12 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send to `path` mapped onto the base URL; return as soon as the headers are in (the body streams)."""
         return await self.transport.send(method, self.target(path, query), headers, body, self.timeouts)
+
+    async def start(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes, query: bytes = b""
+    ) -> Exchange:
+        """`send` in two steps: the request goes out now; await `response()` on the result for the rest."""
+        return await self.transport.start(method, self.target(path, query), headers, body, self.timeouts)
 
     def url_for(self, path: str) -> str:
         """Map a proxy path (`/v1/...`) onto this upstream's base URL. Only config decides the host."""

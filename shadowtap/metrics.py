@@ -7,7 +7,10 @@ kind, sink, scorer and segment (configured values or `other`). Never user text, 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 # Routes are a closed set so that a client probing random paths cannot grow the series count.
 KNOWN_ROUTES = frozenset(
@@ -26,6 +29,31 @@ KNOWN_ROUTES = frozenset(
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 5, 10)
+
+
+def memoize_labels(holder: object) -> None:
+    """Make `labels(...)` on every labelled metric of `holder` a dict lookup after the first call.
+
+    prometheus_client validates the values and takes a lock on each `labels` call, a few microseconds
+    that the request path pays several times per request. Label sets are bounded (see above), so the
+    cache is too; metrics are never `remove`d or `clear`ed here, so a cached child stays the live one.
+    """
+    for metric in vars(holder).values():
+        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+            metric.labels = _memoized(metric.labels)  # type: ignore[method-assign]
+
+
+def _memoized(labels: Any) -> Any:
+    children: dict[Any, Any] = {}
+
+    def cached(*values: str, **by_name: str) -> Any:
+        key = values or tuple(by_name.items())
+        child = children.get(key)
+        if child is None:
+            child = children[key] = labels(*values, **by_name)
+        return child
+
+    return cached
 
 
 def route_label(path: str) -> str:
@@ -130,6 +158,7 @@ class Metrics:
         self.sink_queue_depth = Gauge(
             "shadowtap_sink_queue_depth", "Records waiting to be written by the sink.", ["sink"], registry=r
         )
+        memoize_labels(self)
 
 
 class ScoringMetrics:
@@ -236,6 +265,7 @@ class ScoringMetrics:
             "1 while judging is paused because the token budget is spent.",
             registry=r,
         )
+        memoize_labels(self)
 
 
 def segment_label(value: str | None, allowed: frozenset[str] | set[str]) -> str:

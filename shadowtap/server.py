@@ -75,5 +75,6 @@ def serve(settings: Settings) -> None:
         date_header=False,
         timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]  (a float works)
         lifespan="on",
+        http=app.http_protocol,
     )
     uvicorn.Server(config).run()

@@ -556,6 +556,7 @@ def serve_in_thread(
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=graceful_shutdown_s,  # type: ignore[arg-type]  (a float works)
+        http=getattr(app, "http_protocol", "auto"),  # the proxy brings its own (proxy/protocol.py)
     )
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
