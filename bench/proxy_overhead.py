@@ -153,6 +153,9 @@ def main() -> None:
     )
     parser.add_argument("--rates", default="50,100,200", help="request rates per arm (requests/s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
+    parser.add_argument(
+        "--sample-rate", type=float, default=1.0, help="share of requests mirrored (1.0: all, 0: none)"
+    )
     parser.add_argument("--out", default="bench/results/proxy_overhead.txt")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -186,7 +189,7 @@ def main() -> None:
                 workdir / "candidate.log",
             )
         )
-        env = dict(os.environ, SHADOWTAP_SHADOW_SAMPLE_RATE="1.0", SHADOWTAP_SHADOW_QUEUE_SIZE="10000")
+        env = dict(os.environ, SHADOWTAP_SHADOW_SAMPLE_RATE=str(args.sample_rate), SHADOWTAP_SHADOW_QUEUE_SIZE="10000")
         procs.append(
             subprocess.Popen(
                 [
@@ -253,7 +256,8 @@ def main() -> None:
 
     header = f"{'mode':<12} {'req/s':>6} {'n':>6} {'direct p50':>11} {'proxy p50':>10} {'added p50':>10} {'direct p99':>11} {'proxy p99':>10} {'added p99':>10} {'p50 ratio':>9}"
     lines = [
-        "shadowtap proxy overhead, 100% mirroring to a slower candidate (ms; loopback, simulated upstreams)",
+        f"shadowtap proxy overhead, {args.sample_rate:.0%} mirroring to a slower candidate, in-process scoring on"
+        " (ms; loopback, simulated upstreams)",
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}",
         header,
         "-" * len(header),

@@ -142,9 +142,11 @@ class _Connection(asyncio.Protocol):
         """The next piece of body, or b"" once the body has ended."""
         while True:
             if self._body:
-                chunk = self._body.popleft()
-                self._buffered -= len(chunk)
-                if self._paused and self._buffered <= _READ_HIGH_WATER // 4 and not self.closed:
+                # Everything that has arrived, in one piece: one write for whoever relays it on.
+                chunk = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+                self._body.clear()
+                self._buffered = 0
+                if self._paused and not self.closed:
                     self._paused = False
                     self.transport.resume_reading()  # type: ignore[union-attr]
                 return chunk
