@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import random
@@ -115,7 +116,7 @@ async def run_rate(
     direct_url: str, proxy_url: str, rate: float, seconds: float, stream: bool
 ) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {"direct": [], "proxy": []}
-    errors = 0
+    errors: collections.Counter[str] = collections.Counter()
     body = json.dumps(dict(REQUEST, stream=True) if stream else REQUEST).encode()
     clients = {"direct": RawClient(direct_url), "proxy": RawClient(proxy_url)}
     for _ in range(20):  # warm both paths
@@ -123,11 +124,10 @@ async def run_rate(
             await client.request(body, stream)
 
     async def one(arm: str) -> None:
-        nonlocal errors
         try:
             results[arm].append(await clients[arm].request(body, stream))
-        except Exception:
-            errors += 1
+        except Exception as exc:
+            errors[f"{arm}: {type(exc).__name__}: {exc}"[:160]] += 1
 
     tasks = []
     interval = 1.0 / rate
@@ -142,8 +142,8 @@ async def run_rate(
     await asyncio.gather(*tasks)
     for client in clients.values():
         client.close()
-    if errors:
-        print(f"  ({errors} requests failed at {rate}/s)", file=sys.stderr)
+    for what, count in errors.items():
+        print(f"  {count} request(s) failed at {rate:g}/s, {what}", file=sys.stderr)
     return results
 
 

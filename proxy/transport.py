@@ -50,6 +50,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._error: BaseException | None = None
         self._paused = False
+        self._interim = False  # parsing a 1xx informational response, which a final one follows
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -92,6 +93,10 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()  # type: ignore[union-attr]
+        if 100 <= status < 200 and status != 101:
+            self._interim = True  # e.g. 100 Continue: not the answer; the final response follows
+            return
         chunked = length = False
         for name, value in self._headers:
             lowered = name.lower()
@@ -99,7 +104,6 @@ class _Connection(asyncio.Protocol):
                 length = True
             elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
-        status = self._parser.get_status_code()  # type: ignore[union-attr]
         self._until_close = not (chunked or length) and status >= 200 and status not in (204, 304)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
@@ -113,6 +117,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            self._reason = b""
+            self._headers = []
+            return
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()  # type: ignore[union-attr]  (reset once past here)
         self._wake()
@@ -129,6 +138,7 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._keep_alive = False
         self._until_close = False
+        self._interim = False
         self._error = None
         self.requests += 1
 
@@ -312,7 +322,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         *,
         max_connections: int = 100,
         max_keepalive_connections: int = 20,
-        keepalive_expiry: float = 30.0,
+        keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.max_connections = max_connections

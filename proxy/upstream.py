@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 from shadowtap.proxy.transport import Exchange, H1Transport, Timeouts, UpstreamResponse
 
@@ -22,6 +24,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        # The proxy has already answered the client's `Expect: 100-continue` and holds the whole body.
+        "expect",
     }
 )
 
@@ -46,7 +50,8 @@ class Upstream:
         self.transport = H1Transport(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_keepalive,
-            keepalive_expiry=30.0,
+            keepalive_expiry=settings.keepalive_expiry_s,
+            ssl_context=ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else None,
         )
         self.timeouts = Timeouts(
             pool=settings.timeout_s, connect=settings.connect_timeout_s, read=settings.timeout_s

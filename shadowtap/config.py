@@ -47,8 +47,20 @@ class UpstreamSettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=512, ge=1)
     max_keepalive: int = Field(default=128, ge=0)
+    # Idle pooled connections are not reused past this age. Below the 5 s idle timeout of uvicorn (and so
+    # vLLM), so the proxy never sends a request on a connection the server is just closing.
+    keepalive_expiry_s: float = Field(default=4.0, gt=0)
+    # A PEM bundle of CA certificates to trust for an https URL (a private CA); default: certifi's.
+    ca_file: str | None = None
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value!r}")
+        return value
 
 
 class ServerSettings(_Section):

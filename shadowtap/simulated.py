@@ -497,11 +497,13 @@ def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
 class ServerHandle:
     """A uvicorn server running in a daemon thread on loopback; a context manager that stops it."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int) -> None:
+    def __init__(
+        self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int, scheme: str = "http"
+    ) -> None:
         self.server = server
         self.thread = thread
         self.port = port
-        self.url = f"http://{host}:{port}"
+        self.url = f"{scheme}://{host}:{port}"
         self.base_url = self.url + "/v1"
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -540,10 +542,13 @@ def serve_in_thread(
     lifespan: Literal["on", "off", "auto"] | None = None,
     start_timeout_s: float = 15.0,
     graceful_shutdown_s: float = 5.0,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> ServerHandle:
     """Run `app` under uvicorn in a daemon thread with its own event loop; return once it accepts connections.
 
     The socket is bound here (port 0 picks a free one), so the port is known and held before start-up.
+    With a certificate and key it serves https.
     """
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
@@ -557,6 +562,8 @@ def serve_in_thread(
         date_header=False,
         timeout_graceful_shutdown=graceful_shutdown_s,  # type: ignore[arg-type]  (a float works)
         http=getattr(app, "http_protocol", "auto"),  # the proxy brings its own (proxy/protocol.py)
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
@@ -578,7 +585,7 @@ def serve_in_thread(
             reason = repr(failure[0]) if failure else "see the log for uvicorn's reason"
             raise RuntimeError(f"server for {app!r} did not start on {host}:{bound_port}: {reason}")
         time.sleep(0.002)
-    return ServerHandle(server, thread, host, bound_port)
+    return ServerHandle(server, thread, host, bound_port, "https" if ssl_certfile else "http")
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -56,6 +56,7 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path):
         ("sink:\n  kind: kafka\n", {}, "sink.kafka.bootstrap_servers is not set"),
         ("shadow:\n  sample_key: cookie:x\n", {}, "shadow.sample_key"),
         ("- just\n- a list\n", {}, "top level must be a mapping"),
+        ("primary:\n  ca_file: /nonexistent/ca.pem\n", {}, "primary.ca_file: no such file"),
     ],
 )
 def test_bad_configuration_names_the_key_and_the_problem(tmp_path: Path, yaml_text, environ, message):
