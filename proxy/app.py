@@ -99,6 +99,9 @@ class Proxy:
             return self._primary_failed(failure, route, job, t0, t_sent)  # type: ignore[arg-type]
         try:
             upstream = await exchange.response()
+        except asyncio.CancelledError:
+            self._client_left(route, job, t_sent)
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 for the user
             return self._primary_failed(exc, route, job, t0, t_sent)
 
@@ -134,6 +137,9 @@ class Proxy:
         except httpx.HTTPError as exc:
             await upstream.aclose()
             return self._primary_failed(exc, route, job, t0, t_sent)
+        except asyncio.CancelledError:
+            self._client_left(route, job, t_sent)
+            raise
         finally:
             await upstream.aclose()
         t_done = time.perf_counter()
@@ -197,6 +203,13 @@ class Proxy:
             self._resolve(job, result.fail(kind, f"{type(exc).__name__}: {exc}"))
         code = "upstream_timeout" if status == 504 else "upstream_unavailable"
         return openai_error(status, message, "upstream_error", code)
+
+    def _client_left(self, route: str, job: ShadowJob | None, t_sent: float) -> None:
+        """The client hung up before the primary's whole answer was in; the primary is hung up on too."""
+        self.metrics.requests.labels(route=route, side="primary", status="client_closed").inc()
+        if job is not None:
+            result = SideResult(latency_ms=(time.perf_counter() - t_sent) * 1000.0)
+            self._resolve(job, result.fail("client_disconnected", "the client went away before the answer"))
 
     @staticmethod
     def _resolve(job: ShadowJob, result: SideResult) -> None:
@@ -262,11 +275,8 @@ def create_app(
 
 
 class StreamRelay:
-    """An ASGI response relaying body chunks as they come, and hanging up when the client does.
-
-    Starlette's `StreamingResponse` does the same under servers of ASGI spec < 2.4 (uvicorn) with an
-    anyio task group per response; one plain task watching `receive` costs a fraction of that.
-    """
+    """An ASGI response relaying body chunks as they come. A client that hangs up part-way is noticed by
+    `FastPath`'s `ClientWatch`, which cancels the relay; the relay's clean-up then hangs up on the primary."""
 
     def __init__(
         self,
@@ -281,35 +291,55 @@ class StreamRelay:
         self.on_close = on_close
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        done = gone = False
-
-        def client_left(watch: asyncio.Future[dict[str, Any]]) -> None:
-            nonlocal gone
-            if done or watch.cancelled() or watch.exception() is not None:
-                return
-            if watch.result().get("type") == "http.disconnect":
-                gone = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(client_left)
         try:
             await send({"type": "http.response.start", "status": self.status, "headers": self.raw_headers})
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()  # the client left: the response is over, nothing else is
         finally:
-            done = True
-            watcher.cancel()
             await self.chunks.aclose()  # runs the relay's own clean-up if it stopped at a `yield`
             await self.on_close()
+
+
+class ClientWatch:
+    """Cancels the task serving a request when its client hangs up before the response is complete.
+
+    A client that leaves (a timeout, a closed tab) stops an LLM server's generation when it calls the
+    server directly; through the proxy it must too, rather than leave the primary computing an answer
+    nobody reads. Watching `receive` costs one small task per request, started once the body is in.
+    """
+
+    __slots__ = ("gone", "_done", "_task", "_watcher")
+
+    def __init__(self, receive: Any) -> None:
+        self.gone = False
+        self._done = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.ensure_future(receive())
+        self._watcher.add_done_callback(self._client_event)
+
+    def _client_event(self, watcher: asyncio.Future[dict[str, Any]]) -> None:
+        if self._done or watcher.cancelled() or watcher.exception() is not None:
+            return
+        if watcher.result().get("type") == "http.disconnect":
+            self.gone = True
+            self._task.cancel()
+
+    def wrap(self, send: Any) -> Any:
+        """`send`, marking the response complete before its last message, so its end is no departure."""
+
+        async def watched_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._done = True
+            await send(message)
+
+        return watched_send
+
+    def stop(self) -> None:
+        self._done = True
+        self._watcher.cancel()
 
 
 class FastPath:
@@ -327,15 +357,26 @@ class FastPath:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             scope["app"] = self.app
             request = Request(scope, receive)
+            await request.body()  # read (and kept by the request) before anything watches `receive`
+            watch = ClientWatch(receive)
             try:
-                response = await self.app.state.proxy.handle(request)
-            except Exception:
-                log.exception("proxy handler failed on %s", scope["path"])
-                response = openai_error(
-                    500, "The proxy failed to handle this request.", "server_error", "proxy_error"
-                )
-            with contextlib.suppress(PrimaryStreamBroken):  # the server then closes the connection
-                await response(scope, receive, send)
+                try:
+                    response = await self.app.state.proxy.handle(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("proxy handler failed on %s", scope["path"])
+                    response = openai_error(
+                        500, "The proxy failed to handle this request.", "server_error", "proxy_error"
+                    )
+                with contextlib.suppress(PrimaryStreamBroken):  # the server then closes the connection
+                    await response(scope, receive, watch.wrap(send))
+            except asyncio.CancelledError:
+                if not watch.gone:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  (the client left; nothing else did)
+            finally:
+                watch.stop()
             return
         await self.app(scope, receive, send)
 

@@ -178,6 +178,34 @@ def test_a_lone_surrogate_escape_is_served_mirrored_and_recorded(proxy, primary,
     assert proxy.metric("shadowtap_sink_records_total", sink="jsonl", outcome="failed") == 0
 
 
+def test_a_client_that_gives_up_on_a_plain_answer_hangs_up_on_the_primary(proxy, primary):
+    # Called directly, an LLM server stops generating for a client that left; through the proxy too.
+    primary.sim.policy = lambda route, body: Reply(text="Too late.", ttft_s=60)
+    upstream_pool = proxy.handle.server.config.app.state.proxy.primary.transport
+    primary_connections = primary.handle.server.server_state.connections
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            proxy.base_url + "/chat/completions",
+            json={"model": "m", "messages": CHAT},
+            timeout=httpx.Timeout(10.0, read=0.3),
+        )
+    assert primary.sim.received, "the request never reached the primary"
+
+    wait_for(lambda: not primary_connections, what="the primary to see its connection closed")
+    assert upstream_pool.open_connections == 0
+    [pair] = proxy.pairs(expected=1)
+    assert pair["primary"]["error"]["kind"] == "client_disconnected"
+    assert pair["candidate"]["text"]
+    assert not pending_shadows(proxy)
+    status = {"route": CHAT_ROUTE, "side": "primary", "status": "client_closed"}
+    assert proxy.metric("shadowtap_requests_total", **status) == 1
+    # The proxy serves the next client as usual.
+    primary.sim.policy = lambda route, body: Reply(text="On time.")
+    answer = httpx.post(proxy.base_url + "/chat/completions", json={"model": "m", "messages": CHAT})
+    assert answer.json()["choices"][0]["message"]["content"] == "On time."
+
+
 def test_a_client_that_leaves_mid_stream_closes_the_primarys_stream(proxy, primary):
     primary.sim.policy = lambda route, body: Reply(text=" ".join(["word"] * 300), token_delay_s=0.05)
     upstream_pool = proxy.handle.server.config.app.state.proxy.primary.transport
@@ -186,7 +214,8 @@ def test_a_client_that_leaves_mid_stream_closes_the_primarys_stream(proxy, prima
 
     with httpx.Client() as client:
         with client.stream("POST", proxy.base_url + "/chat/completions", json=body) as response:
-            assert b"data:" in next(response.iter_raw())
+            chunks = response.iter_raw()  # held: a dropped iterator would close the connection right here
+            assert b"data:" in next(chunks)
             assert len(primary_connections) == 1
     # The client's connection is gone; the proxy must hang up on the primary too, not read on.
 
