@@ -68,16 +68,28 @@ class RawClient:
 
     The load generator shares the 2-core machine with the servers it measures; httpx would spend more
     CPU per request than the proxy does, so the generator would be the first thing to saturate.
+    Connections idle for longer than `KEEPALIVE_S` are closed rather than reused: the servers (uvicorn)
+    close theirs after 5 s, and a request sent on one they are closing fails for either arm.
     """
+
+    KEEPALIVE_S = 4.0
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.host, self.port, self.path = parts.hostname, parts.port, parts.path
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.KEEPALIVE_S:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
 
     async def request(self, body: bytes, stream: bool) -> float:
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
-        reader, writer = conn
+        reader, writer = await self.connection()
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -100,7 +112,7 @@ class RawClient:
             length = int(headers.split(b"content-length:")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
         done = time.perf_counter()
-        self.idle.append(conn)
+        self.idle.append((reader, writer, time.monotonic()))
         if stream:
             if first_content is None:
                 raise RuntimeError("stream carried no content")
@@ -108,7 +120,7 @@ class RawClient:
         return (done - t0) * 1000
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
 
 
@@ -225,7 +237,7 @@ def main() -> None:
         proxied = f"http://127.0.0.1:{x_port}/v1/chat/completions"
         rows = []
         for stream in (False, True):
-            for rate in rates if not stream else rates[:1] + rates[-1:]:
+            for rate in rates if not stream else sorted({rates[0], rates[-1]}):
                 res = asyncio.run(run_rate(direct, proxied, rate, args.seconds, stream))
                 d, p = res["direct"], res["proxy"]
                 rows.append(

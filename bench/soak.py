@@ -48,24 +48,6 @@ def serve_candidate(port: int, delay: float) -> None:
     uvicorn.Server(config).run()
 
 
-class SoakClient(RawClient):
-    """`RawClient` that, like any keep-alive client, retries once on a fresh connection when the idle one
-    it picked had already been closed by the server (uvicorn closes connections idle for 5 s)."""
-
-    stale = 0
-
-    async def request(self, body: bytes, stream: bool) -> float:
-        reused = bool(self.idle)
-        try:
-            return await super().request(body, stream)
-        except asyncio.IncompleteReadError as exc:
-            if not reused or exc.partial:
-                raise
-            SoakClient.stale += 1
-            self.idle.append(await asyncio.open_connection(self.host, self.port))
-            return await super().request(body, stream)
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -117,7 +99,7 @@ ERRORS: Counter[str] = Counter()
 
 async def soak(proxy_url: str, metrics_url: str, pid: int, rate: float, seconds: float) -> list[dict]:
     body = json.dumps(REQUEST).encode()
-    client = SoakClient(proxy_url)
+    client = RawClient(proxy_url)
     for _ in range(50):  # warm the connection and the proxy's upstream pools
         await client.request(body, False)
     rows: list[dict] = []
@@ -226,8 +208,7 @@ def summary(rows: list[dict], args: argparse.Namespace, queue_size: int) -> list
     steady = load[len(load) // 2 :]
     return [
         f"rate held: {sent / (load[-1]['t'] or 1):.1f} req/s of {args.rate:g} asked; {sent} requests, {errors} errors"
-        + "".join(f"\n  {n} x {kind}" for kind, n in ERRORS.most_common(5))
-        + f"\n  ({SoakClient.stale} requests retried once on a fresh connection: the idle one had timed out)",
+        + "".join(f"\n  {n} x {kind}" for kind, n in ERRORS.most_common(5)),
         f"RSS: {first['rss_mb']:.1f} MB before load, {load[0]['rss_mb']:.1f} MB after the first interval, "
         f"{last['rss_mb']:.1f} MB at the end (second half: {min(r['rss_mb'] for r in steady):.1f}"
         f"-{max(r['rss_mb'] for r in steady):.1f} MB)",
