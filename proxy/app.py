@@ -30,6 +30,10 @@ from shadowtap.metrics import Metrics, route_label
 
 log = logging.getLogger("shadowtap.proxy")
 
+# A plain body up to this size is read whole and sent in one write with its head; a larger one, or one
+# of unknown length (a file download, generated audio), is relayed as it arrives, like a stream.
+BUFFERED_BODY_MAX = 1 << 20
+
 
 class PrimaryStreamBroken(Exception):
     """The primary's stream broke part-way; the client's response is cut short the same way, not ended
@@ -109,6 +113,7 @@ class Proxy:
         status = upstream.status
         content_type = upstream.header(b"content-type") or b""
         is_stream = content_type.startswith(b"text/event-stream")
+        relay = is_stream or _large_or_unsized(upstream)
         out_headers = response_headers(upstream.headers)
         self.metrics.requests.labels(route=route, side="primary", status=str(status)).inc()
         assembler = None
@@ -123,7 +128,7 @@ class Proxy:
             except ValueError as exc:
                 self._resolve(job, SideResult(status=status).fail("undecodable", str(exc)))
 
-        if is_stream:
+        if relay:
             response = StreamRelay(
                 self._relay(upstream, route, job, assembler, t_sent), status, out_headers, upstream.aclose
             )
@@ -379,6 +384,18 @@ class FastPath:
                 watch.stop()
             return
         await self.app(scope, receive, send)
+
+
+def _large_or_unsized(upstream: UpstreamResponse) -> bool:
+    if upstream.status in (204, 304) or 100 <= upstream.status < 200:
+        return False
+    length = upstream.header(b"content-length")
+    if length is None:
+        return True
+    try:
+        return int(length) > BUFFERED_BODY_MAX
+    except ValueError:
+        return True
 
 
 async def _maybe_await(value: Any) -> None:

@@ -76,8 +76,10 @@ def exact_upstream():
 
             async def chunks():
                 yield b'data: {"choices":[{"index":0,"delta":{"content":"first"}}]}\n\n'
-                # Only continues once the client has seen the first chunk: a buffering proxy deadlocks here.
-                await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+                # Only continues once the client has seen the first chunk; behind a proxy that buffers, the
+                # client never does, and the stream ends here without the rest.
+                if not await asyncio.get_running_loop().run_in_executor(None, release.wait, 5):
+                    return
                 yield b'data: {"choices":[{"index":0,"delta":{"content":" second"},"finish_reason":"stop"}]}\n\n'
                 yield b"data: [DONE]\n\n"
 
@@ -123,6 +125,81 @@ def test_stream_chunks_pass_through_as_they_arrive(proxy_factory, exact_upstream
     assert b" second" in rest and rest.endswith(b"data: [DONE]\n\n")
     [pair] = proxy.pairs(expected=1)
     assert pair["primary"]["text"] == "first second"
+
+
+@pytest.fixture
+def unsized_upstream():
+    """An upstream whose bodies carry no length: a file download it holds back part-way, and a plain
+    chat answer sent with chunked transfer coding (as some gateways send every answer)."""
+    release = threading.Event()
+    head, tail = b"\x00\x01" * (512 * 1024), bytes(range(256)) * 28_000
+
+    async def download(request):
+        async def pieces():
+            yield head
+            # Only continues once the client has the first MiB; behind a proxy that buffers, it ends here.
+            if await asyncio.get_running_loop().run_in_executor(None, release.wait, 5):
+                yield tail
+
+        return StreamingResponse(pieces(), media_type="application/octet-stream")
+
+    async def chat(request):
+        doc = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gw",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sent in chunks."}, "finish_reason": "stop"}],
+        }
+
+        async def pieces():
+            encoded = json.dumps(doc).encode()
+            yield encoded[:20]
+            yield encoded[20:]
+
+        return StreamingResponse(pieces(), media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/files/file-1/content", download, methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ]
+    )
+    handle = serve_in_thread(app)
+    yield handle, head + tail, release
+    release.set()
+    handle.stop()
+
+
+def test_a_large_download_of_unknown_length_passes_through_as_it_arrives(proxy_factory, unsized_upstream):
+    handle, whole, release = unsized_upstream
+    proxy = proxy_factory(handle.base_url, None)
+
+    with httpx.stream("GET", proxy.base_url + "/files/file-1/content", timeout=15) as response:
+        received = bytearray()
+        chunks = response.iter_raw()
+        while len(received) < 1024 * 1024:  # the first MiB, while the upstream still holds back the rest
+            received += next(chunks)
+        release.set()
+        for chunk in chunks:
+            received += chunk
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert bytes(received) == whole
+
+
+def test_a_plain_answer_sent_in_chunks_is_served_and_recorded(proxy_factory, unsized_upstream, candidate):
+    handle, _, _ = unsized_upstream
+    proxy = proxy_factory(handle.base_url, candidate.base_url)
+
+    answer = client_for(proxy).chat.completions.create(model="gw", messages=CHAT)
+
+    assert answer.choices[0].message.content == "Sent in chunks."
+    [pair] = proxy.pairs(expected=1)
+    validate_pair(pair)
+    assert pair["primary"]["text"] == "Sent in chunks."
+    assert pair["primary"]["finish_reason"] == "stop"
+    assert pair["primary"]["ttft_ms"] is None
 
 
 def test_slow_candidate_does_not_hold_up_the_user(proxy, primary, candidate):
