@@ -202,6 +202,34 @@ def test_a_plain_answer_sent_in_chunks_is_served_and_recorded(proxy_factory, uns
     assert pair["primary"]["ttft_ms"] is None
 
 
+def test_a_streams_headers_reach_the_client_before_its_first_token(proxy_factory, candidate):
+    # A model server sends its headers at once and the first token after prefill, which on a long prompt
+    # takes seconds; clients (the OpenAI SDK among them) return from `create` when the headers are in.
+    release = threading.Event()
+
+    async def chat(request):
+        async def events():
+            if await asyncio.get_running_loop().run_in_executor(None, release.wait, 5):
+                yield b'data: {"choices":[{"index":0,"delta":{"content":"late"},"finish_reason":"stop"}]}\n\n'
+                yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    handle = serve_in_thread(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+    try:
+        proxy = proxy_factory(handle.base_url, candidate.base_url)
+        request = {"model": "m", "messages": CHAT, "stream": True}
+        with httpx.stream("POST", proxy.base_url + "/chat/completions", json=request, timeout=15) as response:
+            # Here only if the head came through while the upstream still holds its first event.
+            assert response.status_code == 200
+            release.set()
+            body = response.read()
+        assert b'"late"' in body and body.endswith(b"data: [DONE]\n\n")
+    finally:
+        release.set()
+        handle.stop()
+
+
 def test_slow_candidate_does_not_hold_up_the_user(proxy, primary, candidate):
     candidate.sim.policy = lambda route, body: Reply(text="slow", ttft_s=3.0)
 
