@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import threading
+import zlib
 
 import httpx
 import openai
@@ -227,6 +229,50 @@ def test_a_streams_headers_reach_the_client_before_its_first_token(proxy_factory
         assert b'"late"' in body and body.endswith(b"data: [DONE]\n\n")
     finally:
         release.set()
+        handle.stop()
+
+
+def test_a_gzip_answer_reaches_the_client_as_sent_and_is_recorded_decoded(proxy_factory, candidate):
+    # Gateways compress for clients that accept it (the OpenAI SDK does); the proxy passes the
+    # compressed bytes through untouched and decodes its own copy for the record.
+    answer = {"choices": [{"index": 0, "message": {"content": "Compressed answer."}, "finish_reason": "stop"}]}
+    plain = json.dumps(answer).encode()
+    compressed = gzip.compress(plain, mtime=0)
+    stream_events = [
+        b'data: {"choices":[{"index":0,"delta":{"content":"Compressed"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":" stream."},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    async def chat(request):
+        assert "gzip" in request.headers.get("accept-encoding", "")
+        if json.loads(await request.body()).get("stream"):
+
+            async def events():
+                packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+                for event in stream_events:
+                    yield packer.compress(event) + packer.flush(zlib.Z_SYNC_FLUSH)
+                yield packer.flush()
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"content-encoding": "gzip"})
+        return Response(compressed, media_type="application/json", headers={"content-encoding": "gzip"})
+
+    handle = serve_in_thread(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]))
+    try:
+        proxy = proxy_factory(handle.base_url, candidate.base_url)
+        with httpx.stream("POST", proxy.base_url + "/chat/completions", json={"model": "m", "messages": CHAT}) as via:
+            raw = b"".join(via.iter_raw())
+        assert via.headers["content-encoding"] == "gzip"
+        assert raw == compressed
+
+        streamed = client_for(proxy).chat.completions.create(model="m", messages=CHAT, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == "Compressed stream."
+
+        pairs = sorted(proxy.pairs(expected=2), key=lambda pair: pair["stream"])
+        assert [p["primary"]["text"] for p in pairs] == ["Compressed answer.", "Compressed stream."]
+        assert all(p["primary"]["error"] is None for p in pairs)
+        assert pairs[1]["primary"]["ttft_ms"] is not None
+    finally:
         handle.stop()
 
 
