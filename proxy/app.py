@@ -85,6 +85,9 @@ class Proxy:
         exchange = failure = None
         try:
             exchange = await self.primary.start(method, path, headers, body, scope.get("query_string", b""))
+        except asyncio.CancelledError:  # the client left while a connection was being made
+            self._client_left(route, None, t_sent)
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 for the user
             failure = exc
 
@@ -314,7 +317,7 @@ class ClientWatch:
     nobody reads. Watching `receive` costs one small task per request, started once the body is in.
     """
 
-    __slots__ = ("gone", "_done", "_task", "_watcher")
+    __slots__ = ("gone", "_done", "_task", "_receive", "_watcher")
 
     def __init__(self, receive: Any) -> None:
         self.gone = False
@@ -322,7 +325,11 @@ class ClientWatch:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._watcher = asyncio.ensure_future(receive())
+        self._receive = receive
+        self._watch()
+
+    def _watch(self) -> None:
+        self._watcher = asyncio.ensure_future(self._receive())
         self._watcher.add_done_callback(self._client_event)
 
     def _client_event(self, watcher: asyncio.Future[dict[str, Any]]) -> None:
@@ -331,6 +338,8 @@ class ClientWatch:
         if watcher.result().get("type") == "http.disconnect":
             self.gone = True
             self._task.cancel()
+        else:  # more of a body already read whole (an empty last piece): keep watching
+            self._watch()
 
     def wrap(self, send: Any) -> Any:
         """`send`, marking the response complete before its last message, so its end is no departure."""
