@@ -84,7 +84,9 @@ class Proxy:
         t_sent = time.perf_counter()
         exchange = failure = None
         try:
-            exchange = await self.primary.start(method, path, headers, body, scope.get("query_string", b""))
+            exchange = await self.primary.start(
+                method, _target_path(scope), headers, body, scope.get("query_string", b"")
+            )
         except asyncio.CancelledError:  # the client left while a connection was being made
             self._client_left(route, None, t_sent)
             raise
@@ -393,6 +395,15 @@ class FastPath:
                 watch.stop()
             return
         await self.app(scope, receive, send)
+
+
+def _target_path(scope: dict[str, Any]) -> str:
+    """The path as the client sent it, escapes and all (`a%2Fb` stays one segment, `%25` stays `%25`);
+    `scope["path"]` is already decoded. Falls back to that when the raw form is not plain ASCII `/v1/...`."""
+    raw = scope.get("raw_path")
+    if raw and raw.startswith(b"/v1/") and raw.isascii():
+        return raw.decode("ascii")
+    return scope["path"]
 
 
 def _large_or_unsized(upstream: UpstreamResponse) -> bool:

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shadowtap.records import validate_pair
@@ -272,6 +272,27 @@ def test_a_gzip_answer_reaches_the_client_as_sent_and_is_recorded_decoded(proxy_
         assert [p["primary"]["text"] for p in pairs] == ["Compressed answer.", "Compressed stream."]
         assert all(p["primary"]["error"] is None for p in pairs)
         assert pairs[1]["primary"]["ttft_ms"] is not None
+    finally:
+        handle.stop()
+
+
+def test_the_path_reaches_the_primary_escaped_as_the_client_sent_it(proxy_factory):
+    # Model ids carry slashes (`meta-llama/Llama-3-8B`), escaped as %2F in a path segment; decoding them
+    # on the way would send the primary another path.
+    async def echo(request):
+        return JSONResponse({"raw_path": request.scope["raw_path"].decode(), "query": request.url.query})
+
+    handle = serve_in_thread(Starlette(routes=[Route("/v1/{rest:path}", echo, methods=["GET"])]))
+    try:
+        proxy = proxy_factory(handle.base_url, None)
+        for path in ("/models/meta-llama%2FLlama-3-8B", "/files/report%20v2%25.pdf/content?purpose=a%2Fb"):
+            direct = httpx.get(handle.base_url + path).json()
+            via = httpx.get(proxy.base_url + path).json()
+            assert via == direct
+        assert via == {"raw_path": "/v1/files/report%20v2%25.pdf/content", "query": "purpose=a%2Fb"}
+        assert httpx.get(proxy.base_url + "/models/meta-llama%2FLlama-3-8B").json()["raw_path"] == (
+            "/v1/models/meta-llama%2FLlama-3-8B"
+        )
     finally:
         handle.stop()
 
