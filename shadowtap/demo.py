@@ -37,7 +37,9 @@ from shadowtap.demo_workload import (
     primary_policy,
 )
 from shadowtap.metrics import Metrics
-from shadowtap.report import DEMO_MARKER, RECORD_FILES, build_report, print_report, write_html
+from shadowtap.report import DEMO_MARKER, RECORD_FILES, build_report
+from shadowtap.report_html import write_html
+from shadowtap.report_text import print_report
 from shadowtap.server import build
 from shadowtap.simulated import ServerHandle, SimulatedLLM, serve_in_thread
 

@@ -74,7 +74,9 @@ def demo_command(
 )
 def report_command(data_dir: Path, html_path: Path | None) -> None:
     """Report what the candidate does differently from the primary in a recorded run."""
-    from shadowtap.report import build_report, print_report, write_html
+    from shadowtap.report import build_report
+    from shadowtap.report_html import write_html
+    from shadowtap.report_text import print_report
 
     if not (data_dir / "pairs.jsonl").exists():
         raise click.ClickException(f"{data_dir} has no pairs.jsonl: not a shadowtap data directory")
