@@ -179,7 +179,7 @@ def main() -> None:
     try:
         procs.append(
             start(
-                [py, "-m", "shadowtap.simulated", "--port", str(p_port), "--name", "primary-sim"],
+                [py, "-m", "shadowtap.testing.upstreams", "--port", str(p_port), "--name", "primary-sim"],
                 f"http://127.0.0.1:{p_port}/v1/models",
                 workdir / "primary.log",
             )
@@ -189,7 +189,7 @@ def main() -> None:
                 [
                     py,
                     "-m",
-                    "shadowtap.simulated",
+                    "shadowtap.testing.upstreams",
                     "--port",
                     str(c_port),
                     "--name",
@@ -201,7 +201,11 @@ def main() -> None:
                 workdir / "candidate.log",
             )
         )
-        env = dict(os.environ, SHADOWTAP_SHADOW_SAMPLE_RATE=str(args.sample_rate), SHADOWTAP_SHADOW_QUEUE_SIZE="10000")
+        env = dict(
+            os.environ,
+            SHADOWTAP_SHADOW_SAMPLE_RATE=str(args.sample_rate),
+            SHADOWTAP_SHADOW_QUEUE_SIZE="10000",
+        )
         procs.append(
             subprocess.Popen(
                 [

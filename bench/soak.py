@@ -39,7 +39,7 @@ def serve_candidate(port: int, delay: float) -> None:
     """The slow candidate: a simulated model that answers every request after `delay` seconds."""
     import uvicorn
 
-    from shadowtap.simulated import Reply, SimulatedLLM, default_policy
+    from shadowtap.testing.upstreams import Reply, SimulatedLLM, default_policy
 
     sim = SimulatedLLM(
         "candidate-sim", lambda route, body: Reply(text=default_policy(route, body).text, ttft_s=delay)
@@ -246,7 +246,7 @@ def main() -> None:
     try:
         procs.append(
             start(
-                [py, "-m", "shadowtap.simulated", "--port", str(p_port), "--name", "primary-sim"],
+                [py, "-m", "shadowtap.testing.upstreams", "--port", str(p_port), "--name", "primary-sim"],
                 f"http://127.0.0.1:{p_port}/v1/models",
                 workdir / "primary.log",
             )

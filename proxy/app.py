@@ -17,28 +17,24 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from shadowtap.config import Settings
+from shadowtap.errors import PrimaryStreamBroken
+from shadowtap.metrics import Metrics, route_label
 from shadowtap.proxy.protocol import ProxyHttpProtocol
 from shadowtap.proxy.record import SideAssembler, SideResult
 from shadowtap.proxy.relay import ClientWatch, StreamRelay
 from shadowtap.proxy.shadow import MIRRORED_ROUTES, PairHandler, ShadowDispatcher, ShadowJob
 from shadowtap.proxy.transport import UpstreamResponse
 from shadowtap.proxy.upstream import Upstream, forward_headers, response_headers
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from shadowtap.config import Settings
-from shadowtap.metrics import Metrics, route_label
 
 log = logging.getLogger("shadowtap.proxy")
 
 # A plain body up to this size is read whole and sent in one write with its head; a larger one, or one
 # of unknown length (a file download, generated audio), is relayed as it arrives, like a stream.
 BUFFERED_BODY_MAX = 1 << 20
-
-
-class PrimaryStreamBroken(Exception):
-    """The primary's stream broke part-way; the client's response is cut short the same way, not ended
-    cleanly, so the client sees a broken stream just as it would calling the primary directly."""
 
 
 def openai_error(status: int, message: str, type_: str, code: str) -> JSONResponse:

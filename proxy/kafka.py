@@ -31,10 +31,10 @@ from kafka.errors import (
     NoBrokersAvailable,
     RecordListTooLargeError,
 )
-from shadowtap.proxy.sinks import _STOP, ThreadedSink, encode_record
 
 from shadowtap.config import KafkaSettings
 from shadowtap.metrics import Metrics
+from shadowtap.proxy.sinks import _STOP, ThreadedSink, encode_record
 
 log = logging.getLogger("shadowtap.sink.kafka")
 

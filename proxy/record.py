@@ -226,27 +226,6 @@ def length_bucket(chars: int, bounds: list[int]) -> str:
     return f"{low}+"
 
 
-def input_chars(body: dict[str, Any]) -> int:
-    """Characters of input text in a chat or completions request body."""
-    total = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for m in messages:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(
-                    len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
-                )
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        total += len(prompt)
-    elif isinstance(prompt, list):
-        total += sum(len(p) for p in prompt if isinstance(p, str))
-    return total
-
-
 def build_pair(
     *,
     pair_id: str,

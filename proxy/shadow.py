@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, input_chars, length_bucket
-from shadowtap.proxy.redact import Redactor
-from shadowtap.proxy.upstream import Upstream
 
 from shadowtap.config import Settings
 from shadowtap.metrics import Metrics
+from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, length_bucket
+from shadowtap.proxy.redact import Redactor
+from shadowtap.proxy.upstream import Upstream
 from shadowtap.records import rfc3339
+from shadowtap.request_text import input_chars
 
 log = logging.getLogger("shadowtap.shadow")
 

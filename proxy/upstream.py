@@ -5,9 +5,9 @@ from __future__ import annotations
 import ssl
 
 import httpx
-from shadowtap.proxy.transport import Exchange, H1Transport, Timeouts, UpstreamResponse
 
 from shadowtap.config import UpstreamSettings
+from shadowtap.proxy.transport import Exchange, H1Transport, Timeouts, UpstreamResponse
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the HTTP layer recomputes for each hop.
 HOP_BY_HOP = frozenset(

@@ -14,11 +14,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from shadowtap.proxy.sinks import JsonlSink
-from shadowtap.scorers.runner import ScoringPipeline, build_scorers
-
 from shadowtap.config import Settings
 from shadowtap.metrics import Metrics, ScoringMetrics
+from shadowtap.proxy.sinks import JsonlSink
+from shadowtap.scorers.runner import ScoringPipeline, build_scorers
 
 log = logging.getLogger("shadowtap.scoring")
 

@@ -18,11 +18,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from jsonschema_specifications import REGISTRY as METASCHEMAS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from shadowtap.scorers.base import side_text
 
 from shadowtap.config import section_error
 from shadowtap.metrics import ScoringMetrics
 from shadowtap.records import Score
+from shadowtap.scorers.base import side_text
 
 CONFIG_KEY = "scoring.scorers.format"
 REASONS = ("not_json", "schema_violation", "too_long", "pattern_missing", "pattern_forbidden")

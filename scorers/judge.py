@@ -24,12 +24,14 @@ from urllib.parse import urlsplit
 import openai
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from shadowtap.scorers.base import side_text
-from shadowtap.scorers.pacing import RateLimiter, TokenBudget, retry_after_s
 
 from shadowtap.config import section_error
+from shadowtap.errors import BudgetExhausted, JudgeError, MalformedVerdict
 from shadowtap.metrics import ScoringMetrics, segment_label
 from shadowtap.records import Score
+from shadowtap.request_text import content_text
+from shadowtap.scorers.base import side_text
+from shadowtap.scorers.pacing import RateLimiter, TokenBudget, retry_after_s
 
 CONFIG_KEY = "scoring.scorers.judge"
 DEFAULT_API_KEY_ENV = "SHADOWTAP_JUDGE_API_KEY"
@@ -48,18 +50,6 @@ _WINNERS = {"a": "A", "b": "B", "tie": "tie"}
 _AB = {"A": "primary", "B": "candidate", "tie": "tie"}
 _BA = {"A": "candidate", "B": "primary", "tie": "tie"}
 _OUTCOMES = {"candidate": ("candidate_win", 1.0), "primary": ("primary_win", -1.0), "tie": ("tie", 0.0)}
-
-
-class JudgeError(Exception):
-    """The judge could not give a verdict (its endpoint failed, or kept failing)."""
-
-
-class MalformedVerdict(JudgeError):
-    """The judge's reply was not a valid verdict, even after one correction."""
-
-
-class BudgetExhausted(JudgeError):
-    """The judge's token budget for the rolling window is spent."""
 
 
 class JudgeConfig(BaseModel):
@@ -102,22 +92,8 @@ def _config_error(exc: ValidationError) -> ValueError:
 # Prompt
 
 
-def _content_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, dict):
-                parts.append(f"[{part.get('type', 'part')}]")
-            else:
-                parts.append(str(part))
-        return "\n".join(parts)
-    return json.dumps(content, ensure_ascii=False)
+def _render_content(content: Any) -> str:
+    return content_text(content, placeholders=True)
 
 
 def _render_messages(messages: list[Any]) -> str:
@@ -125,7 +101,7 @@ def _render_messages(messages: list[Any]) -> str:
     for message in messages:
         if not isinstance(message, dict):
             continue
-        text = _content_text(message.get("content"))
+        text = _render_content(message.get("content"))
         for call in message.get("tool_calls") or []:
             function = (call.get("function") or {}) if isinstance(call, dict) else {}
             text += f"\n[tool call: {function.get('name')}({function.get('arguments', '')})]"
@@ -142,7 +118,7 @@ def render_request(request: dict[str, Any], limit: int) -> str:
         text = prompt if isinstance(prompt, str) else "\n".join(map(str, prompt))
     elif "input" in request:
         given = request["input"]
-        text = _render_messages(given) if isinstance(given, list) else _content_text(given)
+        text = _render_messages(given) if isinstance(given, list) else _render_content(given)
         if request.get("instructions"):
             text = f"[system]\n{request['instructions']}\n\n{text}"
     else:

@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from shadowtap.scorers.base import side_text
-
 from shadowtap.records import Score
+from shadowtap.scorers.base import side_text
 
 __all__ = ["PAIRWISE_OUTCOMES", "RefusalLabel", "RefusalVerdict", "classify_refusal", "pairwise_refusal"]
 

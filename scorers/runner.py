@@ -14,10 +14,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from shadowtap.scorers.base import Scorer
-
 from shadowtap.metrics import ScoringMetrics, segment_label
 from shadowtap.records import Score
+from shadowtap.scorers.base import Scorer
 
 log = logging.getLogger("shadowtap.scoring")
 

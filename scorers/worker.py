@@ -22,12 +22,12 @@ from typing import Any
 
 import jsonschema
 from prometheus_client import CollectorRegistry
-from shadowtap.proxy.sinks import encode_record
-from shadowtap.scorers.runner import ScoringPipeline, build_scorers
 
 from shadowtap.config import Settings
 from shadowtap.metrics import ScoringMetrics
+from shadowtap.proxy.sinks import encode_record
 from shadowtap.records import score_key, validate_pair
+from shadowtap.scorers.runner import ScoringPipeline, build_scorers
 
 log = logging.getLogger("shadowtap.worker")
 

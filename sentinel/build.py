@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from shadowtap.proxy.record import input_chars, length_bucket
-from shadowtap.sentinel.dedup import NearDuplicates, request_text
+
+from shadowtap.proxy.record import length_bucket
+from shadowtap.records import utc_now_rfc3339, validate_pair
+from shadowtap.request_text import input_chars, request_text
+from shadowtap.sentinel.dedup import NearDuplicates
 from shadowtap.sentinel.reference import MATCH_METHODS
 from shadowtap.sentinel.sets import SentinelSet, read_set, write_set
 from shadowtap.sentinel.settings import SentinelSettings
-
-from shadowtap.records import utc_now_rfc3339, validate_pair
 
 log = logging.getLogger("shadowtap.sentinel")
 

@@ -13,9 +13,10 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-from shadowtap.sentinel.settings import SentinelConfig
 
-from shadowtap.config import ConfigError, load_settings
+from shadowtap.config import load_settings
+from shadowtap.errors import ConfigError
+from shadowtap.sentinel.settings import SentinelConfig
 
 log = logging.getLogger("shadowtap.sentinel")
 
@@ -123,8 +124,8 @@ def build(
     config_file: str | None,
 ) -> None:
     """Sample a sentinel set from recorded pairs and write it as a versioned, read-only directory."""
+    from shadowtap.errors import SetError
     from shadowtap.sentinel.build import build_set, read_labels, rebuild_set
-    from shadowtap.sentinel.sets import SetError
     from shadowtap.sentinel.sources import iter_jsonl, iter_kafka
 
     sources = [s for s in (input_path, kafka_topic, from_set) if s]
@@ -268,11 +269,13 @@ def run(
 ) -> None:
     """Replay the set against TARGET at temperature 0, score it, record it in the history, export it."""
     from prometheus_client import start_http_server
+
+    from shadowtap.errors import SetError
     from shadowtap.sentinel.history import History
     from shadowtap.sentinel.metrics import SentinelMetrics, push
     from shadowtap.sentinel.run import Target, check_scorers, run_set
     from shadowtap.sentinel.schedule import parse_duration, run_every
-    from shadowtap.sentinel.sets import SetError, read_set
+    from shadowtap.sentinel.sets import read_set
 
     config = _config(
         config_file,
@@ -415,7 +418,8 @@ def gate(
     config_file: str | None,
 ) -> None:
     """Compare a candidate run with a baseline; exit 1 when a failure mode regresses beyond noise."""
-    from shadowtap.sentinel.gate import GateError, append_review, compare_runs, regressed_examples
+    from shadowtap.errors import GateError
+    from shadowtap.sentinel.gate import append_review, compare_runs, regressed_examples
     from shadowtap.sentinel.history import History
     from shadowtap.sentinel.metrics import SentinelMetrics, push
 

@@ -9,25 +9,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from typing import Any
-
-
-def request_text(request: dict[str, Any]) -> str:
-    """The input text of a chat or completions request (message contents and prompt)."""
-    parts: list[str] = []
-    for message in request.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        parts.append(prompt)
-    elif isinstance(prompt, list):
-        parts.extend(p for p in prompt if isinstance(p, str))
-    return "\n".join(parts)
-
 
 _NOT_WORD = re.compile(r"[\W_]+")
 

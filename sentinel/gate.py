@@ -16,18 +16,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from shadowtap.sentinel.run import ALL_STRATA
-from shadowtap.sentinel.sets import SetError, read_set
-from shadowtap.sentinel.settings import SentinelSettings
-from shadowtap.sentinel.stats import overlap, sign_test
-
+from shadowtap.errors import GateError, SetError
 from shadowtap.records import utc_now_rfc3339
+from shadowtap.sentinel.run import ALL_STRATA
+from shadowtap.sentinel.sets import read_set
+from shadowtap.sentinel.settings import SentinelSettings
+from shadowtap.stats import overlap, sign_test
 
 REVIEW_REASON = "sentinel_regression"
-
-
-class GateError(Exception):
-    """The two runs cannot be compared (different set, scorers or prompt)."""
 
 
 def check_comparable(baseline: dict[str, Any], candidate: dict[str, Any]) -> None:

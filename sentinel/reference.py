@@ -16,10 +16,9 @@ import re
 import unicodedata
 from typing import Any, ClassVar
 
+from shadowtap.records import Score
 from shadowtap.scorers.base import side_text
 from shadowtap.scorers.judge import JudgeScorer
-
-from shadowtap.records import Score
 
 MATCH_METHODS = ("exact", "normalised", "contains", "numeric")
 DEFAULT_REL_TOLERANCE = 1e-6

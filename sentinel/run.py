@@ -26,7 +26,10 @@ import httpx
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from shadowtap.metrics import ScoringMetrics
 from shadowtap.proxy.record import SideAssembler, SideResult
+from shadowtap.records import PAIR_SCHEMA, utc_now_rfc3339
 from shadowtap.scorers.base import Scorer
 from shadowtap.scorers.judge import JudgeScorer
 from shadowtap.scorers.runner import ScoringPipeline, build_scorers
@@ -34,10 +37,7 @@ from shadowtap.sentinel.modes import BY_NAME, FAILURE_MODES, example_outcomes
 from shadowtap.sentinel.reference import JudgeReferenceScorer, ReferenceMatchScorer
 from shadowtap.sentinel.sets import SentinelSet, canonical_json
 from shadowtap.sentinel.settings import SentinelConfig
-from shadowtap.sentinel.stats import bootstrap_mean, weighted_estimate, wilson
-
-from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import PAIR_SCHEMA, utc_now_rfc3339
+from shadowtap.stats import bootstrap_mean, weighted_estimate, wilson
 
 log = logging.getLogger("shadowtap.sentinel")
 

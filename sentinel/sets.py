@@ -19,18 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shadowtap.errors import SetError, SetExistsError
+
 SET_SCHEMA = "shadowtap.sentinel_set/v1"
 DATA_FILE = "data.jsonl"
 MANIFEST_FILE = "manifest.json"
 VERSION_CHARS = 16
-
-
-class SetError(Exception):
-    """A set that cannot be read, or one that was changed after it was built."""
-
-
-class SetExistsError(SetError):
-    """The output directory already holds a different set; sets are never overwritten."""
 
 
 def canonical_json(value: Any) -> bytes:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shadowtap.config import ConfigError, Settings, section_error
+from shadowtap.config import Settings, section_error
+from shadowtap.errors import ConfigError
 
 CONFIG_KEY = "sentinel"
 # Scorers the sentinel never runs through the pipeline: latency compares against the recorded

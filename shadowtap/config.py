@@ -16,11 +16,9 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shadowtap.errors import ConfigError
+
 ENV_PREFIX = "SHADOWTAP_"
-
-
-class ConfigError(Exception):
-    """A configuration problem, phrased for the person who wrote the config."""
 
 
 class _Section(BaseModel):

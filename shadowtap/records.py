@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 import jsonschema
 
@@ -19,6 +19,71 @@ PAIR_SCHEMA = "shadowtap.pair/v1"
 SCORE_SCHEMA = "shadowtap.score/v1"
 
 Side = Literal["primary", "candidate", "pair"]
+SideName = Literal["primary", "candidate"]
+SIDES: tuple[SideName, SideName] = ("primary", "candidate")
+
+
+class SideError(TypedDict):
+    """Why a side has no (complete) answer: `kind` is a small closed set (timeout, http_5xx, ...)."""
+
+    kind: str
+    message: str
+
+
+class SideRecord(TypedDict):
+    """One upstream's answer in a pair record (`primary` or `candidate`)."""
+
+    model: str | None
+    status: int | None
+    latency_ms: float | None
+    ttft_ms: float | None
+    text: str | None
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    error: SideError | None
+
+
+class PairRecord(TypedDict):
+    """`shadowtap.pair/v1`: one mirrored request with both answers. Later versions only add keys."""
+
+    schema: str
+    id: str
+    ts: str
+    route: str
+    stream: NotRequired[bool]
+    request: dict[str, Any]
+    tags: dict[str, str]
+    primary: SideRecord
+    candidate: SideRecord
+
+
+class ScoreRecord(TypedDict):
+    """`shadowtap.score/v1`: one scorer's verdict on one side of a pair, as written and sent."""
+
+    schema: str
+    pair_id: str
+    scorer: str
+    side: Side
+    outcome: str
+    value: float | None
+    detail: dict[str, Any]
+    tags: dict[str, str]
+    ts: str
+
+
+class ReviewItem(TypedDict):
+    """A pair queued for a human, with why and what the scorers said of it."""
+
+    pair_id: str
+    reason: str
+    tags: dict[str, str]
+    pair: PairRecord
+    scores: list[ScoreRecord]
+
+
+def side_of(pair: PairRecord, side: SideName) -> SideRecord:
+    """One side of a pair, by name."""
+    return pair["primary"] if side == "primary" else pair["candidate"]
 
 
 def utc_now_rfc3339() -> str:
@@ -44,12 +109,12 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return cls(doc, format_checker=cls.FORMAT_CHECKER)
 
 
-def validate_pair(record: dict[str, Any]) -> None:
+def validate_pair(record: object) -> None:
     """Raise `jsonschema.ValidationError` when `record` is not a valid pair record."""
     _validator("pair.v1").validate(record)
 
 
-def validate_score(record: dict[str, Any]) -> None:
+def validate_score(record: object) -> None:
     """Raise `jsonschema.ValidationError` when `record` is not a valid score record."""
     _validator("score.v1").validate(record)
 
@@ -64,7 +129,7 @@ class Score:
     value: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_record(self, pair: dict[str, Any]) -> dict[str, Any]:
+    def to_record(self, pair: PairRecord) -> ScoreRecord:
         return {
             "schema": SCORE_SCHEMA,
             "pair_id": pair["id"],
@@ -78,6 +143,6 @@ class Score:
         }
 
 
-def score_key(record: dict[str, Any]) -> str:
+def score_key(record: ScoreRecord) -> str:
     """The identity of a score record: a re-delivered pair yields the same keys, so nothing double-counts."""
     return f"{record['pair_id']}/{record['scorer']}/{record['side']}"

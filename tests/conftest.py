@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from shadowtap.cli.server import build
 from shadowtap.config import Settings, load_settings
 from shadowtap.metrics import Metrics
-from shadowtap.server import build
-from shadowtap.simulated import ServerHandle, SimulatedLLM, serve_in_thread
+from shadowtap.testing.upstreams import ServerHandle, SimulatedLLM, serve_in_thread
 
 pytest_plugins = ["tests.kafka_fixtures"]
 

