@@ -6,7 +6,10 @@ problem is also a `ValueError`, so code that validates input with `except ValueE
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
+    "openai_error_body",
     "BudgetExhausted",
     "ConfigError",
     "DemoError",
@@ -59,3 +62,8 @@ class DemoError(ShadowtapError):
 class PrimaryStreamBroken(ShadowtapError):
     """The primary's stream broke part-way; the client's response is cut short the same way, not ended
     cleanly, so the client sees a broken stream just as it would calling the primary directly."""
+
+
+def openai_error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+    """An error body in the shape OpenAI's SDKs parse: `{"error": {message, type, param, code}}`."""
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
