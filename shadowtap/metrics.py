@@ -44,10 +44,10 @@ def memoize_labels(holder: object) -> None:
 
 
 def _memoized(labels: Any) -> Any:
-    children: dict[Any, Any] = {}
+    children: dict[tuple[object, ...], Any] = {}
 
     def cached(*values: str, **by_name: str) -> Any:
-        key = values or tuple(by_name.items())
+        key: tuple[object, ...] = values or tuple(by_name.items())
         child = children.get(key)
         if child is None:
             child = children[key] = labels(*values, **by_name)

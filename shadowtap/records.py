@@ -99,7 +99,8 @@ def rfc3339(epoch_s: float) -> str:
 def schema(name: str) -> dict[str, Any]:
     """Load a bundled JSON Schema: `pair.v1` or `score.v1`."""
     text = resources.files("shadowtap").joinpath("schemas", f"{name}.json").read_text()
-    return json.loads(text)
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 @cache
@@ -109,12 +110,12 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return cls(doc, format_checker=cls.FORMAT_CHECKER)
 
 
-def validate_pair(record: object) -> None:
+def validate_pair(record: Any) -> None:
     """Raise `jsonschema.ValidationError` when `record` is not a valid pair record."""
     _validator("pair.v1").validate(record)
 
 
-def validate_score(record: object) -> None:
+def validate_score(record: Any) -> None:
     """Raise `jsonschema.ValidationError` when `record` is not a valid score record."""
     _validator("score.v1").validate(record)
 
