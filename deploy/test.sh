@@ -20,8 +20,8 @@ bash deploy/observability.sh check
 echo "== installing Chromium (the HTML report is opened in a real browser)"
 command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-echo "== lint"
-python3 -m ruff check .
+echo "== format, lint, types (scripts/check)"
+bash scripts/check
 
 echo "== tests"
 exec python3 -m pytest -q -p no:cacheprovider "$@"
