@@ -82,11 +82,12 @@ def sign_test(better: int, worse: int) -> float:
     if n == 0:
         return 1.0
     k = min(better, worse)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
     return min(1.0, 2 * tail)
 
 
 def overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """Whether two intervals share a point; a missing interval overlaps everything (it rules nothing out)."""
     if a is None or b is None:
         return True
     return a[0] <= b[1] and b[0] <= a[1]
