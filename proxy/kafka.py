@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import socket
 import time
@@ -19,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka import codec as kafka_codec
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     InvalidRecordError,
     KafkaConnectionError,
@@ -34,7 +32,8 @@ from kafka.errors import (
 
 from shadowtap.config import KafkaSettings
 from shadowtap.metrics import Metrics
-from shadowtap.proxy.sinks import _STOP, ThreadedSink, encode_record
+from shadowtap.proxy.sinks import STOP, ThreadedSink, encode_record
+from shadowtap.proxy.spill import SpillFile
 
 log = logging.getLogger("shadowtap.sink.kafka")
 
@@ -43,7 +42,6 @@ UNDELIVERABLE = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecor
 
 # Records per delivery attempt from the spill file (after a failure, one record probes the broker first).
 DRAIN_RECORDS = 1000
-DRAIN_BYTES = 8 * 1024 * 1024
 
 _CODECS = {
     "gzip": (kafka_codec.has_gzip, "gzip"),
@@ -79,145 +77,6 @@ def _accepts_connections(bootstrap_servers: str, timeout: float = 1.0) -> bool:
             continue
         return True
     return False
-
-
-def _is_record(line: bytes) -> bool:
-    """False for blank lines and for records blanked out once delivered."""
-    return line[:1] not in (b" ", b"\n", b"")
-
-
-class SpillFile:
-    """Records the broker has not acknowledged: JSON lines, oldest first, at most `max_bytes` on disk.
-
-    A delivered record is blanked in place (overwritten with spaces); the file is emptied once everything
-    in it is delivered, and compacted (temp file, renamed over) only when blanked records take the room
-    new ones need. So no step rewrites an undelivered record in place: if the process dies at any point,
-    each one is still in the file, and at worst a record delivered just before is delivered again.
-    """
-
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = Path(path)
-        self.max_bytes = max_bytes
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.size = 0  # bytes in the file, blanked records included
-        self.pending_bytes = 0  # bytes of undelivered records
-        self.offset = 0  # where the oldest undelivered record starts
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        first: int | None = None
-        pos = 0
-        with self.path.open("rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    log.warning(
-                        "%s ends with a partly written record (%d bytes); cutting it off",
-                        self.path,
-                        len(line),
-                    )
-                    os.truncate(self.path, pos)
-                    break
-                if _is_record(line):
-                    self.pending_bytes += len(line)
-                    if first is None:
-                        first = pos
-                pos += len(line)
-        self.size = pos
-        self.offset = pos if first is None else first
-        if self.pending_bytes == 0 and self.size:
-            self._empty()
-
-    def append(self, lines: list[bytes]) -> int:
-        """Append the records that fit; returns how many were kept."""
-        need = sum(len(line) + 1 for line in lines)
-        if self.size + need > self.max_bytes and self.pending_bytes < self.size:
-            self._compact()
-        room = self.max_bytes - self.size
-        kept: list[bytes] = []
-        for line in lines:
-            if len(line) + 1 <= room:
-                kept.append(line + b"\n")
-                room -= len(line) + 1
-        if kept:
-            data = b"".join(kept)
-            with self.path.open("ab") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self.size += len(data)
-            self.pending_bytes += len(data)
-        return len(kept)
-
-    def oldest(self, max_records: int, max_bytes: int = DRAIN_BYTES) -> list[tuple[int, bytes]]:
-        """Up to `max_records` undelivered records as (position, line), oldest first."""
-        entries: list[tuple[int, bytes]] = []
-        if not self.pending_bytes:
-            return entries
-        total = 0
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            pos = self.offset
-            for line in f:
-                if _is_record(line):
-                    entries.append((pos, line[:-1]))
-                    total += len(line)
-                    if len(entries) >= max_records or total >= max_bytes:
-                        break
-                pos += len(line)
-        return entries
-
-    def discard(self, entries: list[tuple[int, bytes]]) -> None:
-        """Blank out records that were delivered (or can never be)."""
-        if not entries:
-            return
-        runs: list[tuple[int, bytearray]] = []
-        for pos, line in sorted(entries):
-            if runs and runs[-1][0] + len(runs[-1][1]) == pos:
-                runs[-1][1].extend(b" " * len(line) + b"\n")
-            else:
-                runs.append((pos, bytearray(b" " * len(line) + b"\n")))
-        with self.path.open("r+b") as f:
-            for pos, blank in runs:
-                f.seek(pos)
-                f.write(blank)
-            f.flush()
-            os.fsync(f.fileno())
-        self.pending_bytes -= sum(len(line) + 1 for _, line in entries)
-        if self.pending_bytes <= 0:
-            self._empty()
-            return
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            for line in f:
-                if _is_record(line):
-                    break
-                self.offset += len(line)
-
-    def _empty(self) -> None:
-        os.truncate(self.path, 0)
-        self.size = self.pending_bytes = self.offset = 0
-
-    def _compact(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        size = 0
-        with self.path.open("rb") as src, tmp.open("wb") as dst:
-            src.seek(self.offset)
-            for line in src:
-                if _is_record(line):
-                    dst.write(line)
-                    size += len(line)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self.size = self.pending_bytes = size
-        self.offset = 0
 
 
 @dataclass
@@ -279,6 +138,7 @@ class KafkaSink(ThreadedSink):
         self.name = name
         super().__init__(metrics, queue_size)
         self.settings = settings
+        self.bootstrap_servers: str = settings.bootstrap_servers
         self.topic = topic or settings.topic
         self.key_field = key_field
         self.spill = SpillFile(spill_path, settings.spill_max_bytes)
@@ -350,7 +210,7 @@ class KafkaSink(ThreadedSink):
         # Deliveries stop a little before the deadline so that what is left can still be spilled.
         self._close_by = deadline - min(1.0, timeout / 4)
         try:
-            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            self._queue.put(STOP, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
             log.error("%s sink: queue still full at shutdown", self.name)
         self._thread.join(max(0.0, deadline - time.monotonic()))
@@ -381,9 +241,9 @@ class KafkaSink(ThreadedSink):
     def _connect(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(**self._config)  # NoBrokersAvailable if none answers
-        elif self._probe and not _accepts_connections(self.settings.bootstrap_servers):
+        elif self._probe and not _accepts_connections(self.bootstrap_servers):
             # Do not hold a probe for the whole delivery timeout when no broker is even listening.
-            raise NoBrokersAvailable(f"no broker at {self.settings.bootstrap_servers} accepts connections")
+            raise NoBrokersAvailable(f"no broker at {self.bootstrap_servers} accepts connections")
         return self._producer
 
     def _deliver(self, keys: list[bytes | None], lines: list[bytes]) -> _Attempt:
@@ -435,7 +295,7 @@ class KafkaSink(ThreadedSink):
             self._outage_since = time.monotonic()
             log.warning(
                 "Kafka at %s is not taking records (%s); keeping them in %s and retrying every %.1fs",
-                self.settings.bootstrap_servers,
+                self.bootstrap_servers,
                 _describe(error),
                 self.spill.path,
                 self.settings.retry_interval_s,
@@ -445,7 +305,7 @@ class KafkaSink(ThreadedSink):
         if self._outage_since is not None:
             log.warning(
                 "Kafka at %s takes records again after %.1fs",
-                self.settings.bootstrap_servers,
+                self.bootstrap_servers,
                 time.monotonic() - self._outage_since,
             )
             self._outage_since = None
@@ -532,73 +392,3 @@ class KafkaSink(ThreadedSink):
             )
             self._drop_logged_at = now
             self._drops_unlogged = 0
-
-
-# -------------------------------------------------------------------------------------- consumers
-
-
-def make_consumer(
-    settings: KafkaSettings,
-    topics: list[str],
-    *,
-    group_id: str | None,
-    auto_offset_reset: str = "earliest",
-    enable_auto_commit: bool = False,
-    **options: Any,
-) -> KafkaConsumer:
-    """A consumer of `topics` that sees committed records only (the scorer writes in transactions)."""
-    if not settings.bootstrap_servers:
-        raise ValueError("sink.kafka.bootstrap_servers: not set; a consumer needs a broker")
-    config: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "client_id": "shadowtap-consumer",
-        "group_id": group_id,
-        "auto_offset_reset": auto_offset_reset,
-        "enable_auto_commit": enable_auto_commit,
-        "isolation_level": "read_committed",
-    }
-    config.update(options)
-    return KafkaConsumer(*topics, **config)
-
-
-def read_messages(bootstrap: str, topic: str, *, expected: int, timeout_s: float) -> list[ConsumerRecord]:
-    """Every committed message on `topic` from its beginning: waits until there are at least `expected`
-    (or `timeout_s` passes), then returns all there are, duplicates included."""
-    deadline = time.monotonic() + timeout_s
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id="shadowtap-reader",
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    messages: list[ConsumerRecord] = []
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            time.sleep(0.1)
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            return messages
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning()
-        while time.monotonic() < deadline:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            batch = consumer.poll(timeout_ms=max(1, min(500, remaining_ms)))
-            for records in batch.values():
-                messages.extend(records)
-            if len(messages) >= expected:
-                ends = consumer.end_offsets(assigned)
-                if not batch or all(consumer.position(tp) >= ends[tp] for tp in assigned):
-                    break
-    finally:
-        consumer.close()
-    return messages
-
-
-def read_all(bootstrap: str, topic: str, *, expected: int, timeout_s: float) -> list[dict[str, Any]]:
-    """The JSON records on `topic`, as `read_messages` finds them."""
-    return [
-        json.loads(m.value) for m in read_messages(bootstrap, topic, expected=expected, timeout_s=timeout_s)
-    ]

@@ -12,13 +12,14 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from shadowtap.metrics import Metrics
 
 log = logging.getLogger("shadowtap.sink")
 
-_STOP = object()
+# Put on a sink's queue after the last record: the writer thread finishes and exits.
+STOP: Final = object()
 
 
 class Sink(Protocol):
@@ -76,7 +77,7 @@ class ThreadedSink:
         if self._thread is None:
             return
         try:
-            self._queue.put(_STOP, timeout=timeout)
+            self._queue.put(STOP, timeout=timeout)
         except queue.Full:
             log.error("%s sink did not drain within %.1fs", self.name, timeout)
         self._thread.join(timeout)
@@ -105,8 +106,8 @@ class ThreadedSink:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = any(r is _STOP for r in batch)
-            records = [r for r in batch if r is not _STOP]
+            stop = any(r is STOP for r in batch)
+            records = [r for r in batch if r is not STOP]
             if records:
                 try:
                     self.write(records)

@@ -25,7 +25,6 @@ import httptools
 import httpx
 
 _READ_HIGH_WATER = 256 * 1024  # pause reading from the socket while this much body waits for the consumer
-_UNSET = object()
 
 
 class _Connection(asyncio.Protocol):

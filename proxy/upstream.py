@@ -36,9 +36,8 @@ class Upstream:
     `base_url` is what the OpenAI SDK takes as `base_url` (e.g. `http://vllm:8000/v1`); a client's
     request for `/v1/chat/completions` goes to `<base_url>/chat/completions`.
 
-    The proxy's own requests go through `send`, straight to the pool with raw headers: building httpx's
-    request and response models costs more than the rest of a proxied request. `client` is an
-    `httpx.AsyncClient` on the same pool, for anything that wants the full client.
+    The proxy's requests go through `send` (or `start`), straight to the pool with raw headers: building
+    httpx's request and response models costs more than the rest of a proxied request.
     """
 
     def __init__(self, side: str, settings: UpstreamSettings) -> None:
@@ -55,12 +54,6 @@ class Upstream:
         )
         self.timeouts = Timeouts(
             pool=settings.timeout_s, connect=settings.connect_timeout_s, read=settings.timeout_s
-        )
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            transport=self.transport,
-            follow_redirects=False,
-            trust_env=False,
         )
         self._targets: dict[str, httpx.URL] = {}
 
@@ -93,7 +86,7 @@ class Upstream:
         return url
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
 
 def forward_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

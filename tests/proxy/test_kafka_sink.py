@@ -15,7 +15,9 @@ import pytest
 
 from shadowtap.config import KafkaSettings
 from shadowtap.metrics import Metrics
-from shadowtap.proxy.kafka import KafkaSink, SpillFile, read_all, read_messages
+from shadowtap.proxy.kafka import KafkaSink
+from shadowtap.proxy.spill import SpillFile
+from shadowtap.testing.kafka import read_all, read_messages
 from tests.conftest import wait_for
 
 
