@@ -416,5 +416,6 @@ def test_command_line_serves_a_model_labelled_simulated():
     finally:
         process.terminate()
         process.wait(10)
+        process.stdout.close()
     assert models.json()["data"][0]["id"] == "cli-sim"
     assert "can't help" in answer.choices[0].message.content
