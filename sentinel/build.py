@@ -18,23 +18,33 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 import jsonschema
 
 from shadowtap.proxy.record import length_bucket
-from shadowtap.records import utc_now_rfc3339, validate_pair
+from shadowtap.records import PairRecord, utc_now_rfc3339, validate_pair
 from shadowtap.request_text import input_chars, request_text
 from shadowtap.sentinel.dedup import NearDuplicates
 from shadowtap.sentinel.reference import MATCH_METHODS
-from shadowtap.sentinel.sets import SentinelSet, read_set, write_set
+from shadowtap.sentinel.sets import Cell, ManifestBody, SentinelSet, SetRow, read_set, write_set
 from shadowtap.sentinel.settings import SentinelSettings
+from shadowtap.sentinel.sources import Read
 
 log = logging.getLogger("shadowtap.sentinel")
 
 REPLAYABLE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 STRATUM_SEPARATOR = "|"
 MISSING = "none"
+
+
+class Label(TypedDict):
+    """A human's label for one example: its expected answer and, optionally, how to match it."""
+
+    id: str
+    expected: Any
+    match: NotRequired[str | None]
+    tolerance: NotRequired[float | None]
 
 
 @dataclass
@@ -67,12 +77,12 @@ class BuildResult:
 # Strata
 
 
-def stratum_values(pair: dict[str, Any], axes: list[str], length_bounds: list[int]) -> dict[str, str]:
+def stratum_values(pair: PairRecord, axes: list[str], length_bounds: list[int]) -> dict[str, str]:
     """The pair's value on each axis: a tag; `route` and `length_bucket` are derived when not tagged."""
     tags = pair.get("tags") or {}
     values = {}
     for axis in axes:
-        value = tags.get(axis)
+        value: str | None = tags.get(axis)
         if value is None and axis == "route":
             value = pair.get("route")
         if value is None and axis == "length_bucket":
@@ -123,8 +133,11 @@ def allocate(size: int, minimum: int, available: dict[str, int], shares: dict[st
 # --------------------------------------------------------------------------------------------------
 # Building
 
+# Records from a source (sentinel/sources.py): JSON objects not yet known to be pair records.
+Records = Iterable[Read]
 
-def _example(pair: dict[str, Any], stratum: str, values: dict[str, str]) -> dict[str, Any]:
+
+def _example(pair: PairRecord, stratum: str, values: dict[str, str]) -> SetRow:
     return {
         "id": pair["id"],
         "stratum": stratum,
@@ -133,7 +146,7 @@ def _example(pair: dict[str, Any], stratum: str, values: dict[str, str]) -> dict
         "ts": pair.get("ts"),
         "route": pair["route"],
         "request": pair["request"],
-        "reference": pair["primary"]["text"],
+        "reference": pair["primary"]["text"] or "",
         "reference_model": pair["primary"].get("model"),
         "expected": None,
         "match": None,
@@ -150,80 +163,91 @@ def _in_window(ts: str | None, since: datetime | None, until: datetime | None) -
     return (since is None or when >= since) and (until is None or when < until)
 
 
-def build_set(
-    records: Iterable[tuple[str, dict[str, Any] | None]],
-    config: SentinelSettings,
-    *,
-    source: dict[str, Any],
+@dataclass
+class _Traffic:
+    """What the source held, per cell: all replayable traffic, and the pairs that can be references."""
+
+    counts: Counter[str] = field(default_factory=Counter)  # read, invalid, not_eligible, duplicates
+    traffic: Counter[str] = field(default_factory=Counter)
+    cell_values: dict[str, dict[str, str]] = field(default_factory=dict)
+    eligible: dict[str, list[PairRecord]] = field(default_factory=lambda: defaultdict(list))
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.traffic.values())
+        return {key: round(n / total, 6) for key, n in sorted(self.traffic.items())}
+
+
+def _valid_pair(record: dict[str, Any] | None) -> PairRecord | None:
+    if record is None:
+        return None
+    try:
+        validate_pair(record)
+    except jsonschema.ValidationError:
+        return None
+    return cast(PairRecord, record)  # it is valid against the pair record's schema
+
+
+def _read_traffic(
+    records: Records,
+    axes: list[str],
     length_bounds: list[int],
-    sets_dir: Path,
-    out: Path | None = None,
-    labels: dict[str, dict[str, Any]] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> BuildResult:
-    """Sample a set from pair records and write it (see the module docstring for how)."""
-    axes = list(config.strata)
-    result_counts = Counter[str]()
-    traffic: Counter[str] = Counter()
-    cell_values: dict[str, dict[str, str]] = {}
-    eligible: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    since: datetime | None,
+    until: datetime | None,
+) -> _Traffic:
+    seen = _Traffic()
     seen_ids: set[str] = set()
-    for _where, pair in records:
-        result_counts["read"] += 1
+    for _where, record in records:
+        seen.counts["read"] += 1
+        pair = _valid_pair(record)
         if pair is None:
-            result_counts["invalid"] += 1
-            continue
-        try:
-            validate_pair(pair)
-        except jsonschema.ValidationError:
-            result_counts["invalid"] += 1
+            seen.counts["invalid"] += 1
             continue
         if pair["id"] in seen_ids:  # delivered twice (Kafka is at-least-once): one request, counted once
-            result_counts["duplicates"] += 1
+            seen.counts["duplicates"] += 1
             continue
         seen_ids.add(pair["id"])
         if pair["route"] not in REPLAYABLE_ROUTES or not _in_window(pair.get("ts"), since, until):
-            result_counts["not_eligible"] += 1
+            seen.counts["not_eligible"] += 1
             continue
         values = stratum_values(pair, axes, length_bounds)
         key = stratum_key(values)
-        cell_values[key] = values
-        traffic[key] += 1
+        seen.cell_values[key] = values
+        seen.traffic[key] += 1
         primary = pair["primary"]
         if primary.get("error") is not None or not primary.get("text"):
-            result_counts["not_eligible"] += 1
+            seen.counts["not_eligible"] += 1
             continue
-        eligible[key].append(pair)
-    total = sum(traffic.values())
-    if total == 0:
-        raise ValueError(
-            "no replayable pair records (chat or completions, with a primary answer) in the source"
-        )
-    shares = {key: round(n / total, 6) for key, n in sorted(traffic.items())}
+        seen.eligible[key].append(pair)
+    return seen
 
-    # Per cell, a seeded shuffle of the pairs in id order, near-duplicates (within the cell) dropped.
-    unique: dict[str, list[dict[str, Any]]] = {}
-    for key in sorted(traffic):
-        pairs = sorted(eligible.get(key, []), key=lambda p: p["id"])
+
+def _distinct_per_cell(seen: _Traffic, config: SentinelSettings) -> dict[str, list[PairRecord]]:
+    """Per cell, a seeded shuffle of the pairs in id order, near-duplicates (within the cell) dropped."""
+    unique: dict[str, list[PairRecord]] = {}
+    for key in sorted(seen.traffic):
+        pairs = sorted(seen.eligible.get(key, []), key=lambda p: p["id"])
         random.Random(f"{config.seed}:{key}").shuffle(pairs)
-        seen = NearDuplicates(config.near_duplicate_threshold, config.shingle_words)
-        kept: list[dict[str, Any]] = []
+        texts = NearDuplicates(config.near_duplicate_threshold, config.shingle_words)
+        kept: list[PairRecord] = []
         for pair in pairs:
             if len(kept) >= config.size:
                 break
             text = request_text(pair["request"])
-            if seen.is_duplicate(text):
-                result_counts["duplicates"] += 1
+            if texts.is_duplicate(text):
+                seen.counts["duplicates"] += 1
                 continue
-            seen.add(text)
+            texts.add(text)
             kept.append(pair)
         unique[key] = kept
+    return unique
 
-    quota = allocate(config.size, config.min_per_cell, {k: len(v) for k, v in unique.items()}, shares)
-    # Near-duplicates across cells: the first cell (in key order) keeps the example.
+
+def _sample(
+    unique: dict[str, list[PairRecord]], quota: dict[str, int], seen: _Traffic, config: SentinelSettings
+) -> tuple[list[SetRow], Counter[str]]:
+    """Each cell's quota of examples; a near-duplicate across cells stays in the first (in key order)."""
     chosen = NearDuplicates(config.near_duplicate_threshold, config.shingle_words)
-    rows: list[dict[str, Any]] = []
+    rows: list[SetRow] = []
     sampled: Counter[str] = Counter()
     for key in sorted(unique):
         for pair in unique[key]:
@@ -231,37 +255,42 @@ def build_set(
                 break
             text = request_text(pair["request"])
             if chosen.is_duplicate(text):
-                result_counts["duplicates"] += 1
+                seen.counts["duplicates"] += 1
                 continue
             chosen.add(text)
-            rows.append(_example(pair, key, cell_values[key]))
+            rows.append(_example(pair, key, seen.cell_values[key]))
             sampled[key] += 1
+    return rows, sampled
 
-    short = [
-        ShortCell(key, cell_values[key], sampled[key], config.min_per_cell)
-        for key in sorted(traffic)
-        if sampled[key] < config.min_per_cell
-    ]
-    for cell in short:
-        log.warning("%s", cell.describe())
-    apply_labels(rows, labels or {})
-    cells = {
+
+def _manifest(
+    rows: list[SetRow],
+    seen: _Traffic,
+    sampled: Counter[str],
+    short: list[ShortCell],
+    config: SentinelSettings,
+    *,
+    source: dict[str, Any],
+    sampling: dict[str, Any],
+) -> ManifestBody:
+    shares = seen.shares()
+    cells: dict[str, Cell] = {
         key: {
-            "values": cell_values[key],
-            "traffic": traffic[key],
+            "values": seen.cell_values[key],
+            "traffic": seen.traffic[key],
             "traffic_share": shares[key],
-            "available": len(eligible.get(key, [])),
+            "available": len(seen.eligible.get(key, [])),
             "sampled": sampled[key],
         }
-        for key in sorted(traffic)
+        for key in sorted(seen.traffic)
     }
-    manifest = {
+    return {
         "created_at": utc_now_rfc3339(),
         "source": source,
         "parent": None,
-        "strata": {"axes": axes, "cells": cells, "traffic_total": total},
+        "strata": {"axes": list(config.strata), "cells": cells, "traffic_total": sum(seen.traffic.values())},
         "size": len(rows),
-        "labelled": sum(1 for r in rows if r["expected"] is not None),
+        "labelled": sum(1 for r in rows if r.get("expected") is not None),
         "short_cells": [c.stratum for c in short],
         "sampling": {
             "size": config.size,
@@ -269,21 +298,63 @@ def build_set(
             "near_duplicate_threshold": config.near_duplicate_threshold,
             "shingle_words": config.shingle_words,
             "seed": config.seed,
-            "since": since.isoformat() if since else None,
-            "until": until.isoformat() if until else None,
-            "length_buckets": length_bounds,
+            **sampling,
         },
     }
+
+
+def build_set(
+    records: Records,
+    config: SentinelSettings,
+    *,
+    source: dict[str, Any],
+    length_bounds: list[int],
+    sets_dir: Path,
+    out: Path | None = None,
+    labels: dict[str, Label] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> BuildResult:
+    """Sample a set from pair records and write it (see the module docstring for how)."""
+    seen = _read_traffic(records, list(config.strata), length_bounds, since, until)
+    if not seen.traffic:
+        raise ValueError(
+            "no replayable pair records (chat or completions, with a primary answer) in the source"
+        )
+    unique = _distinct_per_cell(seen, config)
+    quota = allocate(config.size, config.min_per_cell, {k: len(v) for k, v in unique.items()}, seen.shares())
+    rows, sampled = _sample(unique, quota, seen, config)
+    short = [
+        ShortCell(key, seen.cell_values[key], sampled[key], config.min_per_cell)
+        for key in sorted(seen.traffic)
+        if sampled[key] < config.min_per_cell
+    ]
+    for cell in short:
+        log.warning("%s", cell.describe())
+    apply_labels(rows, labels or {})
+    window = {
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "length_buckets": length_bounds,
+    }
+    manifest = _manifest(rows, seen, sampled, short, config, source=source, sampling=window)
     built, created = write_set(rows, manifest, out=out, sets_dir=sets_dir)
+    counts = seen.counts
     return BuildResult(
         built,
         created,
         short,
-        read=result_counts["read"],
-        invalid=result_counts["invalid"],
-        not_eligible=result_counts["not_eligible"],
-        duplicates=result_counts["duplicates"],
+        read=counts["read"],
+        invalid=counts["invalid"],
+        not_eligible=counts["not_eligible"],
+        duplicates=counts["duplicates"],
     )
+
+
+# Manifest keys a new version of a set does not inherit from its parent.
+_RECOMPUTED = frozenset(
+    {"schema", "version", "content_sha256", "created_at", "parent", "source", "labelled", "size"}
+)
 
 
 def rebuild_set(
@@ -291,34 +362,34 @@ def rebuild_set(
     *,
     sets_dir: Path,
     out: Path | None = None,
-    labels: dict[str, dict[str, Any]] | None = None,
+    labels: dict[str, Label] | None = None,
 ) -> BuildResult:
     """A new version of an existing set with labels applied: from a labels file, or from `expected`
     fields filled in by hand in a copy of the set (whose content then no longer matches its version)."""
     parent = read_set(parent_dir, verify=False)
-    rows = [dict(r) for r in parent.rows]
+    rows = [row.copy() for row in parent.rows]
     for row in rows:
         row.setdefault("expected", None)
         row.setdefault("match", None)
     apply_labels(rows, labels or {})
-    manifest = {
-        key: value
-        for key, value in parent.manifest.items()
-        if key
-        not in ("schema", "version", "content_sha256", "created_at", "parent", "source", "labelled", "size")
-    }
-    manifest.update(
-        created_at=utc_now_rfc3339(),
-        source={"kind": "set", "path": str(parent_dir), "version": parent.version},
-        parent=parent.version,
-        size=len(rows),
-        labelled=sum(1 for r in rows if r["expected"] is not None),
+    # The parent's manifest, less what is computed anew (its other keys, known or not, carry over).
+    carried = {key: value for key, value in parent.manifest.items() if key not in _RECOMPUTED}
+    manifest = cast(  # `strata` and the builder's other keys come with the parent's manifest
+        ManifestBody,
+        {
+            **carried,
+            "created_at": utc_now_rfc3339(),
+            "source": {"kind": "set", "path": str(parent_dir), "version": parent.version},
+            "parent": parent.version,
+            "size": len(rows),
+            "labelled": sum(1 for r in rows if r.get("expected") is not None),
+        },
     )
     built, created = write_set(rows, manifest, out=out, sets_dir=sets_dir)
     return BuildResult(built, created, read=len(rows))
 
 
-def read_labels(path: Path) -> dict[str, dict[str, Any]]:
+def read_labels(path: Path) -> dict[str, Label]:
     """Labels by example id from a JSONL (or JSON list) file of {"id", "expected", "match"?, "tolerance"?}."""
     text = path.read_text()
     try:
@@ -329,15 +400,15 @@ def read_labels(path: Path) -> dict[str, dict[str, Any]]:
         )
     except ValueError as exc:
         raise ValueError(f"{path}: not JSON lines: {exc}") from None
-    labels = {}
+    labels: dict[str, Label] = {}
     for number, item in enumerate(items, 1):
         if not isinstance(item, dict) or "id" not in item or "expected" not in item:
             raise ValueError(f"{path} item {number}: needs an id and an expected answer")
-        labels[str(item["id"])] = item
+        labels[str(item["id"])] = cast(Label, item)  # the keys a label needs are checked just above
     return labels
 
 
-def apply_labels(rows: list[dict[str, Any]], labels: dict[str, dict[str, Any]]) -> None:
+def apply_labels(rows: list[SetRow], labels: dict[str, Label]) -> None:
     by_id = {row["id"]: row for row in rows}
     unknown = sorted(set(labels) - set(by_id))
     if unknown:
@@ -346,8 +417,9 @@ def apply_labels(rows: list[dict[str, Any]], labels: dict[str, dict[str, Any]]) 
         row = by_id[example_id]
         row["expected"] = label["expected"]
         row["match"] = label.get("match")
-        if label.get("tolerance") is not None:
-            row["tolerance"] = float(label["tolerance"])
+        tolerance = label.get("tolerance")
+        if tolerance is not None:
+            row["tolerance"] = float(tolerance)
     for row in rows:
         expected, match = row.get("expected"), row.get("match")
         if expected is not None and not isinstance(expected, (str, int, float)):

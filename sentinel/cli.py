@@ -5,18 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from shadowtap.config import load_settings
 from shadowtap.errors import ConfigError
 from shadowtap.sentinel.settings import SentinelConfig
+
+if TYPE_CHECKING:
+    from http.server import HTTPServer
+
+    from shadowtap.sentinel.build import BuildResult, Records
+    from shadowtap.sentinel.gate import GateDecision
+    from shadowtap.sentinel.history import History
+    from shadowtap.sentinel.metrics import SentinelMetrics
+    from shadowtap.sentinel.run import RunRecord
 
 log = logging.getLogger("shadowtap.sentinel")
 
@@ -29,24 +35,12 @@ class NotComparable(click.ClickException):
     exit_code = 2
 
 
-def _console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
-
-
 def _config(config_file: str | None, sentinel_overrides: dict[str, Any]) -> SentinelConfig:
     given = {k: v for k, v in sentinel_overrides.items() if v is not None}
     try:
         return SentinelConfig(load_settings(config_file, overrides={"sentinel": given} if given else None))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _fmt(score: float | None, low: float | None = None, high: float | None = None) -> str:
-    if score is None:
-        return "-"
-    if low is None or high is None:
-        return f"{score:.3f}"
-    return f"{score:.3f} [{low:.3f}, {high:.3f}]"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,10 +120,8 @@ def build(
     """Sample a sentinel set from recorded pairs and write it as a versioned, read-only directory."""
     from shadowtap.errors import SetError
     from shadowtap.sentinel.build import build_set, read_labels, rebuild_set
-    from shadowtap.sentinel.sources import iter_jsonl, iter_kafka
 
-    sources = [s for s in (input_path, kafka_topic, from_set) if s]
-    if len(sources) != 1:
+    if len([s for s in (input_path, kafka_topic, from_set) if s]) != 1:
         raise click.UsageError("give exactly one of --input FILE, --kafka-topic TOPIC or --from-set DIR")
     config = _config(
         config_file,
@@ -141,23 +133,13 @@ def build(
             "near_duplicate_threshold": dedup_threshold,
         },
     )
-    console = _console()
     try:
         label_map = read_labels(Path(labels)) if labels else None
         out_dir = Path(out) if out else None
         if from_set:
             result = rebuild_set(Path(from_set), sets_dir=config.sets_dir, out=out_dir, labels=label_map)
         else:
-            if input_path:
-                records, source = iter_jsonl(Path(input_path)), {"kind": "jsonl", "path": str(input_path)}
-            else:
-                servers = bootstrap_servers or config.settings.sink.kafka.bootstrap_servers
-                if not servers:
-                    raise click.UsageError(
-                        "--kafka-topic needs --bootstrap-servers or sink.kafka.bootstrap_servers"
-                    )
-                records = iter_kafka(servers, kafka_topic)  # type: ignore[arg-type]
-                source = {"kind": "kafka", "bootstrap_servers": servers, "topic": kafka_topic}
+            records, source = _pair_source(config, input_path, kafka_topic, bootstrap_servers)
             result = build_set(
                 records,
                 config.sentinel,
@@ -171,18 +153,33 @@ def build(
             )
     except (SetError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    _report_build(result)
+
+
+def _pair_source(
+    config: SentinelConfig, input_path: str | None, kafka_topic: str | None, bootstrap_servers: str | None
+) -> tuple[Records, dict[str, Any]]:
+    """The pair records to build from, and how the manifest names where they came from."""
+    from shadowtap.sentinel.sources import iter_jsonl, iter_kafka
+
+    if input_path:
+        return iter_jsonl(Path(input_path)), {"kind": "jsonl", "path": str(input_path)}
+    assert kafka_topic is not None  # one of --input, --kafka-topic (checked by the caller)
+    servers = bootstrap_servers or config.settings.sink.kafka.bootstrap_servers
+    if not servers:
+        raise click.UsageError("--kafka-topic needs --bootstrap-servers or sink.kafka.bootstrap_servers")
+    return iter_kafka(servers, kafka_topic), {
+        "kind": "kafka",
+        "bootstrap_servers": servers,
+        "topic": kafka_topic,
+    }
+
+
+def _report_build(result: BuildResult) -> None:
+    from shadowtap.sentinel.render import build_table, console
 
     built = result.set
-    cells = built.manifest["strata"]["cells"]
-    table = Table(title=f"sentinel set {built.version} ({len(built.rows)} examples) -> {built.path}")
-    for column in ("stratum", "traffic share", "in traffic", "sampled"):
-        table.add_column(column, justify="left" if column == "stratum" else "right")
-    for key, cell in cells.items():
-        sampled = str(cell["sampled"])
-        if key in built.manifest.get("short_cells", []):
-            sampled = f"[yellow]{sampled}[/]"
-        table.add_row(key, f"{cell['traffic_share']:.1%}", str(cell["traffic"]), sampled)
-    console.print(table)
+    console().print(build_table(result))
     for cell in result.short_cells:
         click.echo(f"warning: {cell.describe()}", err=True)
     if result.invalid:
@@ -198,22 +195,6 @@ def build(
 
 # --------------------------------------------------------------------------------------------------
 # run
-
-
-def _print_run(console: Console, record: dict[str, Any]) -> None:
-    table = Table(
-        title=f"sentinel run {record['run_id']}: model {record['model']} on set {record['set_version']}"
-    )
-    for column in ("failure mode", "stratum", "score [95% CI]", "n"):
-        table.add_column(column, justify="right" if column == "n" else "left")
-    for row in record["results"]:
-        stratum = "all (traffic-weighted)" if row["stratum"] == "all" else row["stratum"]
-        table.add_row(
-            row["failure_mode"], stratum, _fmt(row["score"], row["lower"], row["upper"]), str(row["count"])
-        )
-    console.print(table)
-    if record["errors"]:
-        console.print(f"[yellow]{record['errors']} example(s) got no answer from {record['target']}[/]")
 
 
 @sentinel.command()
@@ -268,14 +249,10 @@ def run(
     config_file: str | None,
 ) -> None:
     """Replay the set against TARGET at temperature 0, score it, record it in the history, export it."""
-    from prometheus_client import start_http_server
-
     from shadowtap.errors import SetError
     from shadowtap.sentinel.history import History
-    from shadowtap.sentinel.metrics import SentinelMetrics, push
-    from shadowtap.sentinel.run import Target, check_scorers, run_set
-    from shadowtap.sentinel.schedule import parse_duration, run_every
-    from shadowtap.sentinel.sets import read_set
+    from shadowtap.sentinel.metrics import SentinelMetrics
+    from shadowtap.sentinel.schedule import run_every
 
     config = _config(
         config_file,
@@ -286,61 +263,20 @@ def run(
             "concurrency": concurrency,
         },
     )
-    settings = config.sentinel
-    interval = None
-    if every is not None:
-        try:
-            interval = parse_duration(every)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--every") from None
-    try:
-        read_set(set_dir)
-        asyncio.run(check_scorers(config))
-    except (SetError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if settings.metrics_port is not None and interval is None:
+    interval = _interval(every)
+    _check_runnable(config, set_dir)
+    if config.sentinel.metrics_port is not None and interval is None:
         click.echo(
             "note: --metrics-port serves only while this process runs; for a run-once job use --pushgateway",
             err=True,
         )
     history = History(config.history_path)
-    console = _console()
     served = SentinelMetrics()
-    server = None
-    if settings.metrics_port is not None:
-        for record in history.latest_runs():
-            served.record_run(record)
-        for decision in history.latest_gates():
-            served.record_gate(decision)
-        server, _thread = start_http_server(
-            settings.metrics_port, addr=settings.metrics_host, registry=served.registry
-        )
-        click.echo(
-            f"sentinel metrics on http://{settings.metrics_host}:{server.server_port}/metrics", err=True
-        )
+    server = _serve_metrics(config, history, served)
 
-    async def once() -> dict[str, Any]:
-        current = read_set(set_dir)
-        record = await run_set(
-            current,
-            config,
-            Target(target, model, settings.api_key),
-            progress=not no_progress,
-        )
-        history.add_run(record)
-        served.record_run(record)
-        _print_run(console, record)
-        if output_path:
-            Path(output_path).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        if settings.pushgateway:
-            pushed = SentinelMetrics()
-            pushed.record_run(record)
-            push(
-                settings.pushgateway,
-                pushed.registry,
-                {"set_version": record["set_version"], "model": record["model"]},
-            )
-        click.echo(f"run {record['run_id']} recorded in {config.history_path}")
+    async def once() -> RunRecord:
+        record = await _run_once(config, set_dir, target, model, progress=not no_progress)
+        _store_run(config, record, history, served, output_path)
         return record
 
     try:
@@ -358,14 +294,101 @@ def run(
             server.server_close()
 
 
+def _interval(every: str | None) -> float | None:
+    """Seconds between scheduled runs (`--every`), or None to run once."""
+    from shadowtap.sentinel.schedule import parse_duration
+
+    if every is None:
+        return None
+    try:
+        return parse_duration(every)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--every") from None
+
+
+def _check_runnable(config: SentinelConfig, set_dir: str) -> None:
+    """Fail now, not at the first scheduled run, on a bad set or bad scorer settings."""
+    from shadowtap.errors import SetError
+    from shadowtap.sentinel.run import check_scorers
+    from shadowtap.sentinel.sets import read_set
+
+    try:
+        read_set(set_dir)
+        asyncio.run(check_scorers(config))
+    except (SetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _serve_metrics(config: SentinelConfig, history: History, served: SentinelMetrics) -> HTTPServer | None:
+    """With `metrics_port`, serve the latest runs' and gates' metrics (from the history) from now on."""
+    from prometheus_client import start_http_server
+
+    settings = config.sentinel
+    if settings.metrics_port is None:
+        return None
+    for record in history.latest_runs():
+        served.record_run(record)
+    for decision in history.latest_gates():
+        served.record_gate(decision)
+    server, _thread = start_http_server(
+        settings.metrics_port, addr=settings.metrics_host, registry=served.registry
+    )
+    click.echo(f"sentinel metrics on http://{settings.metrics_host}:{server.server_port}/metrics", err=True)
+    return server
+
+
+async def _run_once(
+    config: SentinelConfig, set_dir: str, target: str, model: str | None, *, progress: bool
+) -> RunRecord:
+    from shadowtap.sentinel.run import Target, run_set
+    from shadowtap.sentinel.sets import read_set
+
+    current = read_set(set_dir)
+    return await run_set(current, config, Target(target, model, config.sentinel.api_key), progress=progress)
+
+
+def _store_run(
+    config: SentinelConfig,
+    record: RunRecord,
+    history: History,
+    served: SentinelMetrics,
+    output_path: str | None,
+) -> None:
+    """Record a run in the history and the served metrics, show it, write it, push it."""
+    from shadowtap.sentinel.metrics import SentinelMetrics, push
+    from shadowtap.sentinel.render import console, run_table
+
+    settings = config.sentinel
+    history.add_run(record)
+    served.record_run(record)
+    shown = console()
+    shown.print(run_table(record))
+    if record["errors"]:
+        shown.print(f"[yellow]{record['errors']} example(s) got no answer from {record['target']}[/]")
+    if output_path:
+        Path(output_path).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    if settings.pushgateway:
+        pushed = SentinelMetrics()
+        pushed.record_run(record)
+        push(
+            settings.pushgateway,
+            pushed.registry,
+            {"set_version": record["set_version"], "model": record["model"]},
+        )
+    click.echo(f"run {record['run_id']} recorded in {config.history_path}")
+
+
 # --------------------------------------------------------------------------------------------------
 # gate
 
 
-def _load_run(history: Any, ref: str) -> dict[str, Any]:
+def _load_run(history: History, ref: str) -> RunRecord:
+    """A run by id from the history, or from a run record .json file."""
+    from shadowtap.sentinel.history import read_run
+
     path = Path(ref)
     if path.suffix == ".json" and path.is_file():
-        return json.loads(path.read_text())
+        return read_run(path.read_text())
     record = history.run(ref)
     if record is None:
         raise NotComparable(f"no run {ref!r} in {history.path} (give a run id or a run record .json)")
@@ -419,9 +442,9 @@ def gate(
 ) -> None:
     """Compare a candidate run with a baseline; exit 1 when a failure mode regresses beyond noise."""
     from shadowtap.errors import GateError
-    from shadowtap.sentinel.gate import append_review, compare_runs, regressed_examples
+    from shadowtap.sentinel.gate import compare_runs
     from shadowtap.sentinel.history import History
-    from shadowtap.sentinel.metrics import SentinelMetrics, push
+    from shadowtap.sentinel.render import console, gate_table
 
     if (baseline is None) == (baseline_model is None) or (candidate is None) == (candidate_model is None):
         raise click.UsageError(
@@ -441,58 +464,36 @@ def gate(
             f"no sentinel history at {config.history_path} (run `sentinel run` first, or pass --history)"
         )
     history = History(config.history_path)
-    if candidate is not None:
-        cand = _load_run(history, candidate)
-    else:
-        found = history.latest_run(candidate_model, set_version)  # type: ignore[arg-type]
-        if found is None:
-            raise NotComparable(f"no run of model {candidate_model!r} in {history.path}")
-        cand = found
-    if baseline is not None:
-        base = _load_run(history, baseline)
-    else:
-        found = history.latest_run(baseline_model, set_version or cand["set_version"])  # type: ignore[arg-type]
-        if found is None:
-            raise NotComparable(
-                f"no run of model {baseline_model!r} on set {set_version or cand['set_version']} in {history.path}"
-            )
-        base = found
+    cand = _gate_run(history, candidate, candidate_model, set_version)
+    base = _gate_run(history, baseline, baseline_model, set_version or cand["set_version"])
     try:
         decision = compare_runs(base, cand, config.sentinel)
     except GateError as exc:
         raise NotComparable(str(exc)) from None
+    console().print(gate_table(decision, base, cand))
+    _publish_gate(config, history, decision, output_path)
+    if decision["regressions"]:
+        _fail_gate(config, decision, base, cand)
+    click.echo("gate: pass: no failure mode regressed beyond its threshold and noise")
 
-    console = _console()
-    table = Table(
-        title=f"sentinel gate: {base['model']} ({base['run_id']}) -> {cand['model']} ({cand['run_id']}), set {decision['set_version']}"
-    )
-    for column in (
-        "failure mode",
-        "stratum",
-        "baseline [95% CI]",
-        "candidate [95% CI]",
-        "change (points)",
-        "paired p",
-        "n",
-        "verdict",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("failure mode", "stratum", "verdict") else "right"
-        )
-    for c in decision["comparisons"]:
-        b, n = c["baseline"], c["candidate"]
-        verdict = f"[bold red]REGRESSED[/] (> {c['threshold_points']:g})" if c["regressed"] else "ok"
-        table.add_row(
-            c["failure_mode"],
-            c["stratum"],
-            _fmt(b["score"], b["lower"], b["upper"]),
-            _fmt(n["score"], n["lower"], n["upper"]),
-            f"{-c['drop_points']:+.1f}",
-            f"{c['p_value']:.3g}",
-            str(n["count"]),
-            verdict,
-        )
-    console.print(table)
+
+def _gate_run(history: History, ref: str | None, model: str | None, set_version: str | None) -> RunRecord:
+    """The run given by `ref` (id or .json), else the latest run of `model` (on `set_version`, if given)."""
+    if ref is not None:
+        return _load_run(history, ref)
+    assert model is not None  # a run or a model (checked by the caller)
+    found = history.latest_run(model, set_version)
+    if found is None:
+        on_set = f" on set {set_version}" if set_version is not None else ""
+        raise NotComparable(f"no run of model {model!r}{on_set} in {history.path}")
+    return found
+
+
+def _publish_gate(
+    config: SentinelConfig, history: History, decision: GateDecision, output_path: str | None
+) -> None:
+    """Record the decision in the history, push its metric, write it."""
+    from shadowtap.sentinel.metrics import SentinelMetrics, push
 
     history.add_gate(decision)
     if config.sentinel.pushgateway:
@@ -506,17 +507,21 @@ def gate(
         )
     if output_path:
         Path(output_path).write_text(json.dumps(decision, indent=2, ensure_ascii=False) + "\n")
-    if decision["regressions"]:
-        items = regressed_examples(decision, base, cand)
-        append_review(config.review_path, items)
-        names = ", ".join(
-            f"{r['failure_mode']} on {r['stratum']} ({-r['drop_points']:+.1f} points)"
-            for r in decision["regressions"]
-        )
-        click.echo(f"gate: FAIL: regressed: {names}")
-        click.echo(f"{len(items)} regressed example(s) written to {config.review_path}")
-        click.get_current_context().exit(1)
-    click.echo("gate: pass: no failure mode regressed beyond its threshold and noise")
+
+
+def _fail_gate(config: SentinelConfig, decision: GateDecision, base: RunRecord, cand: RunRecord) -> None:
+    """Queue the regressed examples for review, name the regressions, exit 1."""
+    from shadowtap.sentinel.gate import append_review, regressed_examples
+
+    items = regressed_examples(decision, base, cand)
+    append_review(config.review_path, items)
+    names = ", ".join(
+        f"{r['failure_mode']} on {r['stratum']} ({-r['drop_points']:+.1f} points)"
+        for r in decision["regressions"]
+    )
+    click.echo(f"gate: FAIL: regressed: {names}")
+    click.echo(f"{len(items)} regressed example(s) written to {config.review_path}")
+    click.get_current_context().exit(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -552,7 +557,7 @@ def history_command(
 ) -> None:
     """The score history per failure mode, as a table and optionally a PNG plot."""
     from shadowtap.sentinel.history import History, plot_history
-    from shadowtap.sentinel.modes import FAILURE_MODES
+    from shadowtap.sentinel.render import console, history_table
 
     config = _config(config_file, {"history": history_path})
     if not config.history_path.exists():
@@ -562,24 +567,7 @@ def history_command(
     rows = History(config.history_path).scores(stratum=stratum, model=model, set_version=set_version)
     if not rows:
         raise click.ClickException(f"no sentinel runs in {config.history_path} match")
-    by_run: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = by_run.setdefault(
-            row["run_id"], {"ts": row["ts"], "model": row["model"], "set": row["set_version"], "scores": {}}
-        )
-        entry["scores"][row["failure_mode"]] = row
-    modes = [m.name for m in FAILURE_MODES if any(m.name in e["scores"] for e in by_run.values())]
-    table = Table(title=f"sentinel history ({len(by_run)} runs, stratum {stratum})")
-    for column in ("time (UTC)", "model", "set", *modes):
-        table.add_column(column)
-    for entry in by_run.values():
-        cells = []
-        for mode in modes:
-            row = entry["scores"].get(mode)
-            cells.append(_fmt(row["score"], row["lower"], row["upper"]) if row else "-")
-        when = datetime.fromtimestamp(entry["ts"], UTC).strftime("%Y-%m-%d %H:%M")
-        table.add_row(when, entry["model"], entry["set"], *cells)
-    _console().print(table)
+    console().print(history_table(rows, stratum))
     if plot_path:
         plot_history(rows, plot_path)
         click.echo(f"plot: {plot_path}")

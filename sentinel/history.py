@@ -14,7 +14,11 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+if TYPE_CHECKING:
+    from shadowtap.sentinel.gate import GateDecision
+    from shadowtap.sentinel.run import RunRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,6 +56,31 @@ CREATE TABLE IF NOT EXISTS gates (
 """
 
 
+class ScoreRow(TypedDict):
+    """A row of `scores` joined with its run: one failure mode on one stratum at one run."""
+
+    run_id: str
+    ts: float
+    model: str
+    set_version: str
+    failure_mode: str
+    stratum: str
+    kind: str
+    score: float
+    count: int
+    lower: float | None
+    upper: float | None
+
+
+def read_run(text: str) -> RunRecord:
+    """A run record from its JSON (as `add_run` stores it, or `sentinel run --output` writes it)."""
+    return cast("RunRecord", json.loads(text))
+
+
+def _gate(text: str) -> GateDecision:
+    return cast("GateDecision", json.loads(text))  # written by `add_gate` from a GateDecision
+
+
 class History:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -68,7 +97,7 @@ class History:
 
     # -- writing ------------------------------------------------------------------------------------
 
-    def add_run(self, record: dict[str, Any]) -> None:
+    def add_run(self, record: RunRecord) -> None:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -101,7 +130,7 @@ class History:
                 ],
             )
 
-    def add_gate(self, decision: dict[str, Any]) -> None:
+    def add_gate(self, decision: GateDecision) -> None:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO gates (ts, set_version, baseline_run, candidate_run, regressed, result) VALUES (?, ?, ?, ?, ?, ?)",
@@ -117,12 +146,12 @@ class History:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
+    def run(self, run_id: str) -> RunRecord | None:
         with self._connect() as db:
             row = db.execute("SELECT record FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return json.loads(row["record"]) if row else None
+        return read_run(row["record"]) if row else None
 
-    def latest_run(self, model: str, set_version: str | None = None) -> dict[str, Any] | None:
+    def latest_run(self, model: str, set_version: str | None = None) -> RunRecord | None:
         query = "SELECT record FROM runs WHERE model = ?"
         args: list[Any] = [model]
         if set_version is not None:
@@ -130,25 +159,25 @@ class History:
             args.append(set_version)
         with self._connect() as db:
             row = db.execute(query + " ORDER BY ts DESC LIMIT 1", args).fetchone()
-        return json.loads(row["record"]) if row else None
+        return read_run(row["record"]) if row else None
 
-    def latest_runs(self) -> list[dict[str, Any]]:
+    def latest_runs(self) -> list[RunRecord]:
         """The newest run of each (set version, model)."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT record FROM runs r WHERE ts = (SELECT MAX(ts) FROM runs s "
                 "WHERE s.model = r.model AND s.set_version = r.set_version) ORDER BY ts"
             ).fetchall()
-        return [json.loads(row["record"]) for row in rows]
+        return [read_run(row["record"]) for row in rows]
 
-    def latest_gates(self) -> list[dict[str, Any]]:
+    def latest_gates(self) -> list[GateDecision]:
         """The newest gate decision of each set version."""
         with self._connect() as db:
             rows = db.execute(
                 "SELECT result FROM gates g WHERE gate_id = (SELECT MAX(gate_id) FROM gates h "
                 "WHERE h.set_version = g.set_version) ORDER BY gate_id"
             ).fetchall()
-        return [json.loads(row["result"]) for row in rows]
+        return [_gate(row["result"]) for row in rows]
 
     def scores(
         self,
@@ -157,7 +186,7 @@ class History:
         model: str | None = None,
         set_version: str | None = None,
         failure_mode: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ScoreRow]:
         """Score rows joined with their run, oldest first."""
         query = (
             "SELECT r.run_id, r.ts, r.model, r.set_version, s.failure_mode, s.stratum, s.kind, s.score, "
@@ -174,16 +203,15 @@ class History:
                 query += f" AND {column} = ?"
                 args.append(value)
         with self._connect() as db:
-            return [
-                dict(row) for row in db.execute(query + " ORDER BY r.ts, s.failure_mode, s.stratum", args)
-            ]
+            found = db.execute(query + " ORDER BY r.ts, s.failure_mode, s.stratum", args)
+            return [cast(ScoreRow, dict(row)) for row in found]  # the columns selected above
 
     def count_runs(self) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
 
-def plot_history(rows: list[dict[str, Any]], path: str | Path, *, title: str = "shadowtap sentinel") -> Path:
+def plot_history(rows: list[ScoreRow], path: str | Path, *, title: str = "shadowtap sentinel") -> Path:
     """One panel per failure mode: score over time, a line per (model, set version), 95% band shaded."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -196,7 +224,7 @@ def plot_history(rows: list[dict[str, Any]], path: str | Path, *, title: str = "
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(modes), 1, sharex=True, squeeze=False)[:, 0]
     for ax, mode in zip(axes, modes, strict=True):
-        series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        series: dict[tuple[str, str], list[ScoreRow]] = defaultdict(list)
         for r in rows:
             if r["failure_mode"] == mode:
                 series[(r["model"], r["set_version"])].append(r)
@@ -212,9 +240,10 @@ def plot_history(rows: list[dict[str, Any]], path: str | Path, *, title: str = "
         ax.set_ylim(-0.02 if kind == "rate" else -1.05, 1.02 if kind == "rate" else 1.05)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower left", fontsize="small")
-    locator = AutoDateLocator()
+    # matplotlib leaves these two constructors unannotated (its other calls here are typed).
+    locator = AutoDateLocator()  # type: ignore[no-untyped-call]
     axes[-1].xaxis.set_major_locator(locator)
-    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes[-1].xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     strata = sorted({r["stratum"] for r in rows})
     figure.suptitle(f"{title} (stratum: {', '.join(strata)})")
     target = Path(path)

@@ -9,9 +9,13 @@ versions and models change only when someone builds a set or promotes a model. A
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+if TYPE_CHECKING:
+    from shadowtap.sentinel.gate import GateDecision
+    from shadowtap.sentinel.run import RunRecord
 
 PUSH_JOB = "shadowtap_sentinel"
 
@@ -58,7 +62,7 @@ class SentinelMetrics:
             registry=r,
         )
 
-    def record_run(self, run: dict[str, Any]) -> None:
+    def record_run(self, run: RunRecord) -> None:
         for row in run["results"]:
             labels = {
                 "failure_mode": row["failure_mode"],
@@ -68,12 +72,12 @@ class SentinelMetrics:
             }
             self.score.labels(**labels).set(row["score"])
             self.examples.labels(**labels).set(row["count"])
-            if row["lower"] is not None:
+            if row["lower"] is not None and row["upper"] is not None:
                 self.score_lower.labels(**labels).set(row["lower"])
                 self.score_upper.labels(**labels).set(row["upper"])
         self.last_run.labels(set_version=run["set_version"], model=run["model"]).set(run["ts"])
 
-    def record_gate(self, decision: dict[str, Any]) -> None:
+    def record_gate(self, decision: GateDecision) -> None:
         regressed = {r["failure_mode"] for r in decision["regressions"]}
         for mode in sorted({c["failure_mode"] for c in decision["comparisons"]}):
             self.regression.labels(failure_mode=mode, set_version=decision["set_version"]).set(

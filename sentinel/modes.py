@@ -9,14 +9,17 @@
 | `judge_not_worse`  | rate | `judge_reference` (judge model vs reference)   | better than or as good as the reference / worse; labelled: -     |
 | `judge_preference` | mean | `judge_reference`                              | +1 better, 0 tie, -1 worse than the reference                    |
 
-Rates get Wilson intervals, means bootstrap intervals (sentinel/stats.py). A failed replay counts only
+Rates get Wilson intervals, means bootstrap intervals (shadowtap/stats.py). A failed replay counts only
 against `no_error`: the other modes measure answers, and there is none to measure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
+
+from shadowtap.records import ScoreRecord, Side
 
 Kind = Literal["rate", "mean"]
 
@@ -51,7 +54,7 @@ BY_NAME = {mode.name: mode for mode in FAILURE_MODES}
 _REFUSED = frozenset({"refused", "partial"})
 
 
-def _refusal(by_key: dict[tuple[str, str], dict[str, Any]]) -> float | None:
+def _refusal(by_key: dict[tuple[str, Side], ScoreRecord]) -> float | None:
     pair = by_key.get(("refusal", "pair"))
     if pair is not None:
         return {"neither": 1.0, "candidate_only_refused": 0.0}.get(pair["outcome"])
@@ -63,7 +66,7 @@ def _refusal(by_key: dict[tuple[str, str], dict[str, Any]]) -> float | None:
     return 0.0 if answer["outcome"] in _REFUSED else 1.0
 
 
-def example_outcomes(records: list[dict[str, Any]], answered: bool) -> dict[str, float | None]:
+def example_outcomes(records: Sequence[ScoreRecord], answered: bool) -> dict[str, float | None]:
     """Each failure mode's value for one example, from its score records; None where it does not apply."""
     outcomes: dict[str, float | None] = {mode.name: None for mode in FAILURE_MODES}
     outcomes["no_error"] = 1.0 if answered else 0.0
@@ -80,5 +83,6 @@ def example_outcomes(records: list[dict[str, Any]], answered: bool) -> dict[str,
     judged = by_key.get(("judge_reference", "pair"))
     if judged is not None:
         outcomes["judge_not_worse"] = 0.0 if judged["outcome"] == "reference_better" else 1.0
-        outcomes["judge_preference"] = float(judged["value"])
+        value = judged["value"]
+        outcomes["judge_preference"] = float(value) if value is not None else None
     return outcomes

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from typing import Any, ClassVar
 
-from shadowtap.records import Score
+from shadowtap.records import PairRecord, Score
 from shadowtap.scorers.base import side_text
 from shadowtap.scorers.judge import JudgeScorer
+from shadowtap.sentinel.dedup import normalise_text
+from shadowtap.sentinel.replay import sentinel_labels
 
 MATCH_METHODS = ("exact", "normalised", "contains", "numeric")
 DEFAULT_REL_TOLERANCE = 1e-6
 DEFAULT_ABS_TOLERANCE = 1e-9
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
-_NOT_WORD = re.compile(r"[\W_]+")
 _NUMBER = re.compile(
     r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|(?<![\w.])[-+]?\.\d+"
 )
@@ -33,9 +33,7 @@ _NUMBER = re.compile(
 
 def normalise_answer(text: str) -> str:
     """Case, punctuation, articles and spacing removed (the usual exact-match normalisation)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _NOT_WORD.sub(" ", text)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    return " ".join(_ARTICLES.sub(" ", normalise_text(text)).split())
 
 
 def parse_number(value: Any) -> float | None:
@@ -105,11 +103,11 @@ class ReferenceMatchScorer:
     name: ClassVar[str] = "reference_match"
     outcomes: ClassVar[frozenset[str]] = frozenset({"match", "mismatch"})
 
-    async def score(self, pair: dict[str, Any]) -> list[Score]:
-        labels = pair.get("sentinel") or {}
-        expected = labels.get("expected")
+    async def score(self, pair: PairRecord) -> list[Score]:
+        labels = sentinel_labels(pair)
+        expected = labels.get("expected") if labels is not None else None
         answer = side_text(pair, "candidate")
-        if expected is None or answer is None:
+        if labels is None or expected is None or answer is None:
             return []
         method = labels.get("match") or default_method(expected)
         ok, detail = matches(answer, expected, method, labels.get("tolerance"))
@@ -133,8 +131,9 @@ class JudgeReferenceScorer:
     def __init__(self, judge: JudgeScorer) -> None:
         self.judge = judge
 
-    async def score(self, pair: dict[str, Any]) -> list[Score]:
-        if (pair.get("sentinel") or {}).get("expected") is not None:
+    async def score(self, pair: PairRecord) -> list[Score]:
+        labels = sentinel_labels(pair)
+        if labels is not None and labels.get("expected") is not None:
             return []
         reference, answer = side_text(pair, "primary"), side_text(pair, "candidate")
         if reference is None or answer is None:
@@ -143,4 +142,4 @@ class JudgeReferenceScorer:
         verdict = await self.judge.judge_against_reference(
             pair.get("request") or {}, reference, answer, segment=segment
         )
-        return [Score(self.name, "pair", _JUDGE_OUTCOMES[verdict.outcome], verdict.value, verdict.detail)]  # type: ignore[arg-type]
+        return [Score(self.name, "pair", _JUDGE_OUTCOMES[verdict.outcome], verdict.value, verdict.detail)]

@@ -17,7 +17,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from shadowtap.errors import SetError, SetExistsError
 
@@ -26,12 +26,69 @@ DATA_FILE = "data.jsonl"
 MANIFEST_FILE = "manifest.json"
 VERSION_CHARS = 16
 
+Expected = str | int | float
+
+
+class SetRow(TypedDict):
+    """One example of a set (a line of `data.jsonl`). A set needs only the first four keys; the builder
+    writes all but `tolerance`, which a label may add."""
+
+    id: str
+    stratum: str
+    request: dict[str, Any]
+    reference: str
+    strata: NotRequired[dict[str, str]]
+    tags: NotRequired[dict[str, str]]
+    ts: NotRequired[str | None]
+    route: NotRequired[str]
+    reference_model: NotRequired[str | None]
+    expected: NotRequired[Expected | None]
+    match: NotRequired[str | None]
+    tolerance: NotRequired[float]
+
+
+class Cell(TypedDict):
+    """One stratum in the manifest: its tag values, its traffic and how much of it was sampled."""
+
+    values: dict[str, str]
+    traffic: int
+    traffic_share: float
+    available: int
+    sampled: int
+
+
+class Strata(TypedDict):
+    axes: list[str]
+    cells: dict[str, Cell]
+    traffic_total: int
+
+
+class ManifestBody(TypedDict):
+    """What the builder writes into `manifest.json`; `write_set` adds the version keys."""
+
+    created_at: str
+    source: dict[str, Any]
+    parent: str | None
+    strata: Strata
+    size: int
+    labelled: int
+    short_cells: NotRequired[list[str]]
+    sampling: NotRequired[dict[str, Any]]
+
+
+class Manifest(ManifestBody):
+    """`manifest.json`: the builder's keys and the version computed from the content."""
+
+    schema: str
+    version: str
+    content_sha256: str
+
 
 def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encode_rows(rows: list[dict[str, Any]]) -> bytes:
+def encode_rows(rows: list[SetRow]) -> bytes:
     """The bytes of `data.jsonl`: one canonical JSON object a line, in stratum then id order."""
     ordered = sorted(rows, key=lambda r: (r["stratum"], r["id"]))
     return b"".join(canonical_json(r) + b"\n" for r in ordered)
@@ -45,11 +102,16 @@ def content_hash(data: bytes, axes: list[str], shares: dict[str, float]) -> str:
     return digest.hexdigest()
 
 
+def traffic_shares(manifest: ManifestBody) -> dict[str, float]:
+    """Each stratum's share of production traffic: the weights of the aggregate."""
+    return {key: cell["traffic_share"] for key, cell in manifest["strata"]["cells"].items()}
+
+
 @dataclass(frozen=True)
 class SentinelSet:
     path: Path
-    manifest: dict[str, Any]
-    rows: list[dict[str, Any]]
+    manifest: Manifest
+    rows: list[SetRow]
 
     @property
     def version(self) -> str:
@@ -62,11 +124,11 @@ class SentinelSet:
     @property
     def traffic_shares(self) -> dict[str, float]:
         """Each stratum's share of production traffic: the weights of the aggregate."""
-        return {key: cell["traffic_share"] for key, cell in self.manifest["strata"]["cells"].items()}
+        return traffic_shares(self.manifest)
 
 
-def _read_rows(data: bytes, where: Path) -> list[dict[str, Any]]:
-    rows = []
+def _read_rows(data: bytes, where: Path) -> list[SetRow]:
+    rows: list[SetRow] = []
     for number, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
@@ -76,7 +138,7 @@ def _read_rows(data: bytes, where: Path) -> list[dict[str, Any]]:
             raise SetError(f"{where} line {number}: not JSON: {exc}") from None
         if not isinstance(row, dict) or not {"id", "stratum", "request", "reference"} <= row.keys():
             raise SetError(f"{where} line {number}: an example needs id, stratum, request and reference")
-        rows.append(row)
+        rows.append(cast(SetRow, row))  # the keys a set needs are checked just above
     return rows
 
 
@@ -93,7 +155,7 @@ def read_set(path: str | os.PathLike[str], *, verify: bool = True) -> SentinelSe
     if manifest.get("schema") != SET_SCHEMA:
         raise SetError(f"{root / MANIFEST_FILE}: not a {SET_SCHEMA} manifest")
     rows = _read_rows(data, root / DATA_FILE)
-    loaded = SentinelSet(root, manifest, rows)
+    loaded = SentinelSet(root, cast(Manifest, manifest), rows)
     if verify:
         digest = content_hash(data, loaded.axes, loaded.traffic_shares)
         if digest != manifest.get("content_sha256"):
@@ -106,23 +168,22 @@ def read_set(path: str | os.PathLike[str], *, verify: bool = True) -> SentinelSe
 
 
 def write_set(
-    rows: list[dict[str, Any]],
-    manifest: dict[str, Any],
+    rows: list[SetRow],
+    body: ManifestBody,
     *,
     out: Path | None,
     sets_dir: Path,
 ) -> tuple[SentinelSet, bool]:
     """Write a new set; returns (the set, whether it was created).
 
-    `manifest` holds everything but the version fields, which are computed here. Without `out` the set
+    `body` holds everything but the version fields, which are computed here. Without `out` the set
     goes to `sets_dir/<version>`. A directory that already holds the same version is returned as it
     is; one that holds anything else is never touched.
     """
     data = encode_rows(rows)
-    shares = {key: cell["traffic_share"] for key, cell in manifest["strata"]["cells"].items()}
-    digest = content_hash(data, list(manifest["strata"]["axes"]), shares)
+    digest = content_hash(data, list(body["strata"]["axes"]), traffic_shares(body))
     version = digest[:VERSION_CHARS]
-    manifest = {"schema": SET_SCHEMA, "version": version, "content_sha256": digest, **manifest}
+    manifest: Manifest = {"schema": SET_SCHEMA, "version": version, "content_sha256": digest, **body}
     target = out if out is not None else sets_dir / version
     if target.exists() and any(target.iterdir()):
         try:

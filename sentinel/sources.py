@@ -11,25 +11,43 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# A record as read: where it was, and the JSON object (None when the line or message is not one).
+Read = tuple[str, dict[str, Any] | None]
 
-def iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+
+def _decode(data: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def iter_jsonl(path: Path) -> Iterator[Read]:
     """(where, record or None when the line is not JSON) for each line of a pairs.jsonl."""
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            yield f"{path}:{number}", record if isinstance(record, dict) else None
+            if line.strip():
+                yield f"{path}:{number}", _decode(line)
 
 
-def iter_kafka(
-    bootstrap_servers: str, topic: str, *, timeout_s: float = 30.0
-) -> Iterator[tuple[str, dict[str, Any] | None]]:
+def _assign_from_start(consumer: Any, topic: str) -> dict[Any, int]:
+    """Read every partition of `topic` from its start; returns the end offsets still to reach."""
+    from kafka import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise ValueError(f"Kafka topic {topic!r} does not exist or has no partitions")
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning(*assigned)
+    end = {tp: offset for tp, offset in consumer.end_offsets(assigned).items() if offset > 0}
+    return {tp: offset for tp, offset in end.items() if consumer.position(tp) < offset}
+
+
+def iter_kafka(bootstrap_servers: str, topic: str, *, timeout_s: float = 30.0) -> Iterator[Read]:
     """Every record on `topic` from the beginning to the end offsets seen at the start; commits nothing."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -38,16 +56,7 @@ def iter_kafka(
         consumer_timeout_ms=int(timeout_s * 1000),
     )
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ValueError(f"Kafka topic {topic!r} does not exist or has no partitions")
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        consumer.seek_to_beginning(*assigned)
-        end = {tp: offset for tp, offset in consumer.end_offsets(assigned).items() if offset > 0}
-        for tp in list(end):
-            if consumer.position(tp) >= end[tp]:
-                del end[tp]
+        end = _assign_from_start(consumer, topic)
         while end:
             batches = consumer.poll(timeout_ms=int(timeout_s * 1000))
             if not batches:
@@ -55,15 +64,12 @@ def iter_kafka(
                     f"no records from Kafka topic {topic!r} for {timeout_s:.0f}s before its end"
                 )
             for tp, messages in batches.items():
+                if tp not in end:
+                    continue
                 for message in messages:
-                    if tp in end and message.offset < end[tp]:
-                        try:
-                            record = json.loads(message.value)
-                        except ValueError:
-                            record = None
-                        where = f"kafka:{topic}/{tp.partition}@{message.offset}"
-                        yield where, record if isinstance(record, dict) else None
-                if tp in end and consumer.position(tp) >= end[tp]:
+                    if message.offset < end[tp]:
+                        yield f"kafka:{topic}/{tp.partition}@{message.offset}", _decode(message.value)
+                if consumer.position(tp) >= end[tp]:
                     del end[tp]
     finally:
         consumer.close()

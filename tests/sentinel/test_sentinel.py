@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from shadowtap.config import load_settings
 from shadowtap.errors import SetError, SetExistsError
-from shadowtap.proxy.record import SideResult, build_pair
+from shadowtap.records import PairRecord
 from shadowtap.request_text import last_user_text
 from shadowtap.sentinel.build import BuildResult, build_set, read_labels, rebuild_set
 from shadowtap.sentinel.cli import sentinel
@@ -40,12 +40,14 @@ from shadowtap.sentinel.run import Target, run_set
 from shadowtap.sentinel.sets import read_set
 from shadowtap.sentinel.settings import SentinelConfig
 from shadowtap.sentinel.sources import iter_jsonl
-from shadowtap.testing.upstreams import (
+from shadowtap.testing import (
     Policy,
     Reply,
     ServerHandle,
     SimulatedLLM,
     default_policy,
+    make_pair,
+    make_side,
     serve_in_thread,
 )
 
@@ -59,28 +61,23 @@ def question(segment: str, rng: random.Random) -> str:
     return f"{segment} question: " + " ".join(rng.sample(VOCABULARY, 12))
 
 
-def pair(pair_id: str, segment: str, text: str, *, json_mode: bool = False) -> dict[str, Any]:
+def pair(pair_id: str, segment: str, text: str, *, json_mode: bool = False) -> PairRecord:
+    """A chat pair from production traffic in `segment`: both sides answered `text` alike."""
     request: dict[str, Any] = {"model": "prod-model", "messages": [{"role": "user", "content": text}]}
     if json_mode:
         request["response_format"] = {"type": "json_object"}
     answer = json.dumps({"answer": text[:20]}) if json_mode else f"Here is what you asked about {text[:30]}."
-    return build_pair(
+    return make_pair(
         pair_id=pair_id,
         ts="2025-01-06T10:00:00.000Z",
-        route="/v1/chat/completions",
-        stream=False,
         request=request,
-        tags={"segment": segment, "length_bucket": "0-500", "route": "/v1/chat/completions"},
-        primary=SideResult(
-            model="prod-model", status=200, latency_ms=12.0, text=answer, finish_reason="stop"
-        ),
-        candidate=SideResult(
-            model="cand-model", status=200, latency_ms=15.0, text=answer, finish_reason="stop"
-        ),
+        tags={"segment": segment},
+        primary=make_side(answer, model="prod-model", latency_ms=12.0),
+        candidate=make_side(answer, model="cand-model", latency_ms=15.0),
     )
 
 
-def write_pairs(path: Path, traffic: dict[str, int], seed: int = 7) -> list[dict[str, Any]]:
+def write_pairs(path: Path, traffic: dict[str, int], seed: int = 7) -> list[PairRecord]:
     rng = random.Random(seed)
     pairs = []
     for segment, count in traffic.items():
@@ -252,10 +249,10 @@ def test_version_changes_when_and_only_when_content_changes(tmp_path: Path) -> N
 
     # One reference answer changed: a new version, and the old directory is never overwritten.
     sampled_id = first.rows[0]["id"]
-    changed = [dict(p) for p in pairs]
+    changed = [p.copy() for p in pairs]
     for p in changed:
         if p["id"] == sampled_id:
-            p["primary"] = dict(p["primary"], text="A different reference answer.")
+            p["primary"] = {**p["primary"], "text": "A different reference answer."}
     changed_path = tmp_path / "changed.jsonl"
     changed_path.write_text("".join(json.dumps(p) + "\n" for p in changed))
     with pytest.raises(SetExistsError):
@@ -272,8 +269,8 @@ def test_version_changes_when_and_only_when_content_changes(tmp_path: Path) -> N
     # (here: more general traffic, all of it failed requests, which cannot be references).
     failed = [pair(f"failed-{i}", "general", f"general failed {i}") for i in range(20)]
     for p in failed:
-        p["primary"] = dict(
-            p["primary"], status=502, text=None, error={"kind": "http_5xx", "message": "HTTP 502"}
+        p["primary"] = make_side(
+            None, model="prod-model", latency_ms=12.0, error={"kind": "http_5xx", "message": "HTTP 502"}
         )
     more_traffic = tmp_path / "more-traffic.jsonl"
     more_traffic.write_text(pairs_path.read_text() + "".join(json.dumps(p) + "\n" for p in failed))
@@ -595,4 +592,6 @@ def test_a_scheduled_run_serves_its_metrics_and_stops_cleanly_on_sigterm(tmp_pat
             if process.poll() is None:
                 process.kill()
                 process.wait()
+            reader.join(timeout=10)
+            process.stderr.close()  # type: ignore[union-attr]
     assert History(history_path).count_runs() >= 2
