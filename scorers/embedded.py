@@ -11,23 +11,34 @@ import collections
 import contextlib
 import logging
 import threading
+import weakref
 from pathlib import Path
-from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from shadowtap.config import Settings
 from shadowtap.metrics import Metrics, ScoringMetrics
 from shadowtap.proxy.sinks import JsonlSink
+from shadowtap.records import PairRecord
 from shadowtap.scorers.runner import ScoringPipeline, build_scorers
+
+__all__ = ["EMBEDDED_CONCURRENCY", "EmbeddedScoring", "scoring_metrics"]
+
+# Pairs scored at once in-process unless `scoring.concurrency` says otherwise.
+EMBEDDED_CONCURRENCY = 8
 
 log = logging.getLogger("shadowtap.scoring")
 
 
+# The scoring metrics of each proxy registry: a registry takes each metric name once.
+_SCORING_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ScoringMetrics] = weakref.WeakKeyDictionary()
+
+
 def scoring_metrics(metrics: Metrics) -> ScoringMetrics:
     """One ScoringMetrics per registry (the proxy and the scorers share /metrics in the embedded mode)."""
-    existing = getattr(metrics, "scoring", None)
+    existing = _SCORING_METRICS.get(metrics.registry)
     if existing is None:
-        existing = ScoringMetrics(metrics.registry)
-        metrics.scoring = existing  # type: ignore[attr-defined]
+        existing = _SCORING_METRICS[metrics.registry] = ScoringMetrics(metrics.registry)
     return existing
 
 
@@ -42,12 +53,12 @@ class EmbeddedScoring:
         data_dir = Path(settings.sink.data_dir)
         self.scores_sink = JsonlSink(data_dir / "scores.jsonl", metrics, name="scores")
         self.review_sink = JsonlSink(data_dir / "review.jsonl", metrics, name="review")
-        self.concurrency = int(config.get("concurrency", 8))
-        self.queue_size = int(config.get("queue_size", 1000))
-        self.queue: asyncio.Queue[dict[str, Any]] | None = None
+        self.concurrency = config.concurrency or EMBEDDED_CONCURRENCY
+        self.queue_size = config.queue_size
+        self.queue: asyncio.Queue[PairRecord] | None = None
         # The proxy's loop appends here and never wakes the scoring thread: waking it costs a syscall and a
         # GIL hand-over on the request path. The scoring loop collects what has arrived every few ms.
-        self._inbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._inbox: collections.deque[PairRecord] = collections.deque()
         self.poll_interval_s = 0.02
         # Each counter is written by one thread only: handed over (the proxy's loop), finished (scoring).
         self.handed_over = 0
@@ -83,7 +94,7 @@ class EmbeddedScoring:
         while inbox:
             queue.put_nowait(inbox.popleft())
 
-    def submit(self, pair: dict[str, Any]) -> None:
+    def submit(self, pair: PairRecord) -> None:
         """Called on the proxy's loop: one counter check and a hand-over, never a wait."""
         if self.waiting >= self.queue_size:
             self.metrics.scoring_dropped.inc()

@@ -10,21 +10,26 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from jsonschema_specifications import REGISTRY as METASCHEMAS
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from jsonschema_specifications import (  # type: ignore[import-untyped]  # the package ships no type hints
+    REGISTRY as METASCHEMAS,
+)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shadowtap.config import section_error
+from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import Score
-from shadowtap.scorers.base import side_text
+from shadowtap.records import SIDES, PairRecord, Score, SideName
+from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 
-CONFIG_KEY = "scoring.scorers.format"
+__all__ = ["FormatConfig", "FormatRule", "FormatScorer"]
+
+CONFIG_KEY = config_key("format")
 REASONS = ("not_json", "schema_violation", "too_long", "pattern_missing", "pattern_forbidden")
 MAX_DETAIL_CHARS = 200
 
@@ -59,8 +64,8 @@ class FormatRule(BaseModel):
         )
 
 
-class FormatConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class FormatConfig(ScorerConfig):
+    """`scoring.scorers.format`: the rules, and whether a JSON answer may come in a Markdown fence."""
 
     rules: list[FormatRule] = Field(default_factory=list)
     allow_code_fence: bool = False
@@ -89,6 +94,36 @@ class _Expectation:
 
     def empty(self) -> bool:
         return not (self.json or self.max_words or self.max_chars or self.must_match or self.must_not_match)
+
+    @classmethod
+    def of_request(cls, request: dict[str, Any]) -> _Expectation:
+        """What the request itself asks for (`response_format`, `text.format`)."""
+        wants_json, wants_object, schema = _request_json_expectation(request)
+        expect = cls(json=wants_json, json_object=wants_json and wants_object)
+        if schema is not None:
+            expect.schema, expect.schema_source = schema, "request"
+        return expect
+
+    def add_rule(self, compiled: _CompiledRule) -> None:
+        """Hold the answer to one more configured rule as well: the tighter limit wins, patterns add up,
+        and the request's own schema comes before a configured one."""
+        rule = compiled.rule
+        if rule.expect_json or compiled.schema is not None:
+            self.json = True
+        if compiled.schema is not None and self.schema is None:
+            self.schema, self.schema_source = compiled.schema, "config"
+        self.max_words = _tighter(self.max_words, rule.max_words)
+        self.max_chars = _tighter(self.max_chars, rule.max_chars)
+        if compiled.must_match is not None:
+            self.must_match.append(compiled.must_match)
+        if compiled.must_not_match is not None:
+            self.must_not_match.append(compiled.must_not_match)
+
+
+def _tighter(current: int | None, limit: int | None) -> int | None:
+    if limit is None:
+        return current
+    return limit if current is None else min(current, limit)
 
 
 def _canonical(schema: dict[str, Any]) -> str:
@@ -126,160 +161,176 @@ def _request_json_expectation(request: dict[str, Any]) -> tuple[bool, bool, dict
     if kind == "json_object":
         return True, True, None
     if kind == "json_schema":
-        holder = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else fmt
+        nested = fmt.get("json_schema")
+        holder: dict[str, Any] = nested if isinstance(nested, dict) else fmt
         schema = holder.get("schema")
         return True, False, schema if isinstance(schema, dict) else None
     return False, False, None
 
 
 class FormatScorer:
-    """Does each answer have the format that was asked for? `pass`/`fail`, the first failed check as reason."""
+    """Does each answer have the format that was asked for? `pass`/`fail`, the first failed check as reason.
+
+    Raises the review reason `format_regression` when the primary's answer passes and the candidate's fails.
+    """
 
     name: ClassVar[str] = "format"
     outcomes: ClassVar[frozenset[str]] = frozenset({"pass", "fail"})
+    config_model: ClassVar[type[FormatConfig]] = FormatConfig
+    review_reasons: ClassVar[frozenset[str]] = frozenset({"format_regression"})
 
     def __init__(
         self,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | FormatConfig | None = None,
         *,
         metrics: ScoringMetrics | None = None,
         segments: frozenset[str] = frozenset(),
     ) -> None:
-        try:
-            self.config = FormatConfig.model_validate(config or {})
-        except ValidationError as exc:
-            raise ValueError(section_error(CONFIG_KEY, exc)) from None
+        self.config = validate_config(FormatConfig, self.name, config)
         self.metrics = metrics
         self.segments = segments
-        self._rules = [self._compile(i, rule) for i, rule in enumerate(self.config.rules)]
+        self._rules = [_compile(i, rule) for i, rule in enumerate(self.config.rules)]
 
-    @staticmethod
-    def _compile(index: int, rule: FormatRule) -> _CompiledRule:
-        key = f"{CONFIG_KEY}.rules.{index}"
-        schema = rule.json_schema
-        if rule.schema_file is not None:
-            try:
-                schema = json.loads(Path(rule.schema_file).read_text())
-            except OSError as exc:
-                raise ValueError(
-                    f"{key}.schema_file: cannot read {rule.schema_file}: {exc.strerror}"
-                ) from None
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{key}.schema_file: {rule.schema_file} is not JSON: {exc}") from None
-            if not isinstance(schema, dict):
-                raise ValueError(f"{key}.schema_file: {rule.schema_file} must hold a JSON object")
-        if schema is not None:
-            try:
-                Draft202012Validator.check_schema(schema)
-            except SchemaError as exc:
-                name = "schema_file" if rule.schema_file else "schema"
-                raise ValueError(f"{key}.{name}: not a valid JSON Schema: {exc.message}") from None
-        patterns: dict[str, re.Pattern[str] | None] = {}
-        for name in ("must_match", "must_not_match"):
-            source = getattr(rule, name)
-            try:
-                patterns[name] = re.compile(source) if source is not None else None
-            except re.error as exc:
-                raise ValueError(f"{key}.{name}: not a valid regular expression: {exc}") from None
-        return _CompiledRule(rule, schema, patterns["must_match"], patterns["must_not_match"])
-
-    def expectation(self, pair: dict[str, Any]) -> _Expectation:
+    def expectation(self, pair: PairRecord) -> _Expectation:
         """What answers to this pair's request are held to (the same for both sides)."""
         tags = pair.get("tags") or {}
         route = pair.get("route") or tags.get("route")
         segment = tags.get("segment")
-        expect = _Expectation()
-        wants_json, wants_object, schema = _request_json_expectation(pair.get("request") or {})
-        if wants_json:
-            expect.json, expect.json_object = True, wants_object
-        if schema is not None:
-            expect.schema, expect.schema_source = schema, "request"
+        expect = _Expectation.of_request(pair.get("request") or {})
         for compiled in self._rules:
-            rule = compiled.rule
-            if not rule.applies_to(route, segment):
-                continue
-            if rule.expect_json or compiled.schema is not None:
-                expect.json = True
-            if compiled.schema is not None and expect.schema is None:
-                expect.schema, expect.schema_source = compiled.schema, "config"
-            if rule.max_words is not None:
-                expect.max_words = min(filter(None, (expect.max_words, rule.max_words)))
-            if rule.max_chars is not None:
-                expect.max_chars = min(filter(None, (expect.max_chars, rule.max_chars)))
-            if compiled.must_match is not None:
-                expect.must_match.append(compiled.must_match)
-            if compiled.must_not_match is not None:
-                expect.must_not_match.append(compiled.must_not_match)
+            if compiled.rule.applies_to(route, segment):
+                expect.add_rule(compiled)
         return expect
 
-    async def score(self, pair: dict[str, Any]) -> list[Score]:
+    async def score(self, pair: PairRecord) -> list[Score]:
         expect = self.expectation(pair)
         if expect.empty():
             return []
         scores = []
-        for side in ("primary", "candidate"):
+        for side in SIDES:
             text = side_text(pair, side)
             if text is not None:
                 scores.append(self.check(text, expect, side))
         return scores
 
-    def check(self, text: str, expect: _Expectation, side: str) -> Score:
+    def reasons_for_review(self, scores: list[Score]) -> list[str]:
+        """`format_regression` when the primary's answer passed and the candidate's failed."""
+        outcome = {s.side: s.outcome for s in scores if s.scorer == self.name}
+        if outcome.get("primary") == "pass" and outcome.get("candidate") == "fail":
+            return ["format_regression"]
+        return []
+
+    def check(self, text: str, expect: _Expectation, side: SideName) -> Score:
         """Run the checks in order; the first that fails is the reason."""
         detail: dict[str, Any] = {}
         reason = self._first_failure(text, expect, detail)
         if reason is None:
-            return Score(self.name, side, "pass", 1.0, detail)  # type: ignore[arg-type]
+            return Score(self.name, side, "pass", 1.0, detail)
         detail = {"reason": reason, **detail}
-        return Score(self.name, side, "fail", 0.0, detail)  # type: ignore[arg-type]
+        return Score(self.name, side, "fail", 0.0, detail)
 
     def _first_failure(self, text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:
+        """JSON (fence, syntax, object, schema), then length, then patterns; details go in `detail`."""
         if expect.json:
-            body = text
-            fence = _FENCE.match(text)
-            if fence is not None:
-                detail["fenced"] = True
-                if not self.config.allow_code_fence:
-                    detail["error"] = "answer is wrapped in a Markdown code fence"
-                    return "not_json"
-                body = fence.group("body")
-            try:
-                document = json.loads(body)
-            except json.JSONDecodeError as exc:
-                detail["error"] = _short(f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+            reason = self._json_failure(text, expect, detail)
+            if reason is not None:
+                return reason
+        return _length_failure(text, expect, detail) or _pattern_failure(text, expect, detail)
+
+    def _json_failure(self, text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:
+        body = text
+        fence = _FENCE.match(text)
+        if fence is not None:
+            detail["fenced"] = True
+            if not self.config.allow_code_fence:
+                detail["error"] = "answer is wrapped in a Markdown code fence"
                 return "not_json"
-            if expect.json_object and not isinstance(document, dict):
-                detail["error"] = f"top level is a JSON {type(document).__name__}, not an object"
-                return "not_json"
-            if expect.schema is not None:
-                detail["schema_source"] = expect.schema_source
-                validator = _validator(_canonical(expect.schema))
-                if validator is None:
-                    detail["schema_unusable"] = True
-                else:
-                    try:
-                        error = next(validator.iter_errors(document), None)
-                    except Exception as exc:  # e.g. a $ref that cannot be resolved offline
-                        detail["schema_unusable"] = True
-                        detail["schema_error"] = _short(str(exc))
-                        error = None
-                    if error is not None:
-                        detail["error"] = _short(error.message)
-                        detail["path"] = _short(error.json_path)
-                        return "schema_violation"
-        if expect.max_words is not None:
-            words = len(text.split())
-            if words > expect.max_words:
-                detail.update(words=words, max_words=expect.max_words)
-                return "too_long"
-        if expect.max_chars is not None and len(text) > expect.max_chars:
-            detail.update(chars=len(text), max_chars=expect.max_chars)
-            return "too_long"
-        for pattern in expect.must_match:
-            if pattern.search(text) is None:
-                detail["pattern"] = _short(pattern.pattern)
-                return "pattern_missing"
-        for pattern in expect.must_not_match:
-            if pattern.search(text) is not None:
-                detail["pattern"] = _short(pattern.pattern)
-                return "pattern_forbidden"
+            body = fence.group("body")
+        try:
+            document = json.loads(body)
+        except json.JSONDecodeError as exc:
+            detail["error"] = _short(f"{exc.msg} at line {exc.lineno} column {exc.colno}")
+            return "not_json"
+        if expect.json_object and not isinstance(document, dict):
+            detail["error"] = f"top level is a JSON {type(document).__name__}, not an object"
+            return "not_json"
+        if expect.schema is None:
+            return None
+        detail["schema_source"] = expect.schema_source
+        return _schema_failure(document, expect.schema, detail)
+
+
+def _compile(index: int, rule: FormatRule) -> _CompiledRule:
+    """A rule with its schema loaded and checked and its patterns compiled; a problem names the key."""
+    key = f"{CONFIG_KEY}.rules.{index}"
+    schema = _rule_schema(key, rule)
+    patterns: dict[str, re.Pattern[str] | None] = {}
+    for name in ("must_match", "must_not_match"):
+        source = getattr(rule, name)
+        try:
+            patterns[name] = re.compile(source) if source is not None else None
+        except re.error as exc:
+            raise ConfigError(f"{key}.{name}: not a valid regular expression: {exc}") from None
+    return _CompiledRule(rule, schema, patterns["must_match"], patterns["must_not_match"])
+
+
+def _rule_schema(key: str, rule: FormatRule) -> dict[str, Any] | None:
+    schema = rule.json_schema
+    if rule.schema_file is not None:
+        try:
+            schema = json.loads(Path(rule.schema_file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"{key}.schema_file: cannot read {rule.schema_file}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key}.schema_file: {rule.schema_file} is not JSON: {exc}") from None
+        if not isinstance(schema, dict):
+            raise ConfigError(f"{key}.schema_file: {rule.schema_file} must hold a JSON object")
+    if schema is not None:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            name = "schema_file" if rule.schema_file else "schema"
+            raise ConfigError(f"{key}.{name}: not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+def _schema_failure(document: Any, schema: dict[str, Any], detail: dict[str, Any]) -> str | None:
+    validator = _validator(_canonical(schema))
+    if validator is None:
+        detail["schema_unusable"] = True
         return None
+    try:
+        error = next(validator.iter_errors(document), None)
+    except Exception as exc:  # e.g. a $ref that cannot be resolved offline
+        detail["schema_unusable"] = True
+        detail["schema_error"] = _short(str(exc))
+        return None
+    if error is None:
+        return None
+    detail["error"] = _short(error.message)
+    detail["path"] = _short(error.json_path)
+    return "schema_violation"
+
+
+def _length_failure(text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:
+    if expect.max_words is not None:
+        words = len(text.split())
+        if words > expect.max_words:
+            detail.update(words=words, max_words=expect.max_words)
+            return "too_long"
+    if expect.max_chars is not None and len(text) > expect.max_chars:
+        detail.update(chars=len(text), max_chars=expect.max_chars)
+        return "too_long"
+    return None
+
+
+def _pattern_failure(text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:
+    for pattern in expect.must_match:
+        if pattern.search(text) is None:
+            detail["pattern"] = _short(pattern.pattern)
+            return "pattern_missing"
+    for pattern in expect.must_not_match:
+        if pattern.search(text) is not None:
+            detail["pattern"] = _short(pattern.pattern)
+            return "pattern_forbidden"
+    return None

@@ -19,21 +19,24 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from shadowtap.config import section_error
-from shadowtap.errors import BudgetExhausted, JudgeError, MalformedVerdict
+from shadowtap.config import check_url
+from shadowtap.errors import BudgetExhausted, ConfigError, JudgeError, MalformedVerdict
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import Score
+from shadowtap.records import PairRecord, Score
 from shadowtap.request_text import content_text
-from shadowtap.scorers.base import side_text
+from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 from shadowtap.scorers.pacing import RateLimiter, TokenBudget, retry_after_s
 
-CONFIG_KEY = "scoring.scorers.judge"
+__all__ = ["JudgeConfig", "JudgeScorer", "parse_verdict", "render_request"]
+
+CONFIG_KEY = config_key("judge")
+# The variable the judge's API key is read from unless `api_key_env` names another.
 DEFAULT_API_KEY_ENV = "SHADOWTAP_JUDGE_API_KEY"
 MAX_REASON_CHARS = 300
 
@@ -52,8 +55,10 @@ _BA = {"A": "candidate", "B": "primary", "tie": "tie"}
 _OUTCOMES = {"candidate": ("candidate_win", 1.0), "primary": ("primary_win", -1.0), "tie": ("tie", 0.0)}
 
 
-class JudgeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class JudgeConfig(ScorerConfig):
+    """`scoring.scorers.judge` (and `sentinel.judge`): the judge endpoint, its pacing, budget and prompt."""
+
+    env_vars: ClassVar[frozenset[str]] = frozenset({DEFAULT_API_KEY_ENV})
 
     base_url: str
     model: str = Field(min_length=1)
@@ -78,14 +83,7 @@ class JudgeConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL like http://host:8000/v1, got {value!r}")
-        return value.rstrip("/")
-
-
-def _config_error(exc: ValidationError) -> ValueError:
-    return ValueError(section_error(CONFIG_KEY, exc))
+        return check_url(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,15 +167,18 @@ class _Usage:
 class JudgeScorer:
     """Asks a judge model which answer is better, once per order; a verdict that flips with the order is a tie.
 
-    `value` is +1 when the candidate wins, -1 when the primary wins, 0 for a tie.
+    `value` is +1 when the candidate wins, -1 when the primary wins, 0 for a tie. A verdict that flips
+    raises the review reason `judge_inconsistent`.
     """
 
     name: ClassVar[str] = "judge"
     outcomes: ClassVar[frozenset[str]] = frozenset({"candidate_win", "primary_win", "tie"})
+    config_model: ClassVar[type[JudgeConfig]] = JudgeConfig
+    review_reasons: ClassVar[frozenset[str]] = frozenset({"judge_inconsistent"})
 
     def __init__(
         self,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | JudgeConfig | None = None,
         *,
         metrics: ScoringMetrics | None = None,
         segments: frozenset[str] = frozenset(),
@@ -187,10 +188,7 @@ class JudgeScorer:
     ) -> None:
         """`api_key` wins over the config's; otherwise the variable named by `api_key_env` is read from
         `environ` (default: the process environment) here, once. `clock` drives the budget windows."""
-        try:
-            self.config = JudgeConfig.model_validate(config or {})
-        except ValidationError as exc:
-            raise _config_error(exc) from None
+        self.config = validate_config(JudgeConfig, self.name, config)
         cfg = self.config
         self.metrics = metrics if metrics is not None else ScoringMetrics(CollectorRegistry())
         self.segments = segments
@@ -211,11 +209,11 @@ class JudgeScorer:
         try:
             template = Path(path).read_text()
         except OSError as exc:
-            raise ValueError(f"{CONFIG_KEY}.rubric_file: cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(f"{CONFIG_KEY}.rubric_file: cannot read {path}: {exc.strerror}") from None
         missing = {"request", "answer_a", "answer_b"} - set(_PLACEHOLDER.findall(template))
         if missing:
             names = ", ".join("{{" + m + "}}" for m in sorted(missing))
-            raise ValueError(f"{CONFIG_KEY}.rubric_file: {path} lacks the placeholder(s) {names}")
+            raise ConfigError(f"{CONFIG_KEY}.rubric_file: {path} lacks the placeholder(s) {names}")
         return template
 
     async def aclose(self) -> None:
@@ -223,7 +221,15 @@ class JudgeScorer:
 
     # -- entry points -------------------------------------------------------------------------------
 
-    async def score(self, pair: dict[str, Any]) -> list[Score]:
+    def reasons_for_review(self, scores: list[Score]) -> list[str]:
+        """`judge_inconsistent` when the verdict flipped with the order the answers were shown in."""
+        flipped = any(
+            s.scorer == self.name and s.side == "pair" and s.detail.get("position_inconsistent")
+            for s in scores
+        )
+        return ["judge_inconsistent"] if flipped else []
+
+    async def score(self, pair: PairRecord) -> list[Score]:
         if not self.sampled(str(pair.get("id", ""))):
             self.metrics.judge_skipped.labels(reason="not_sampled").inc()
             return []
@@ -317,7 +323,7 @@ class JudgeScorer:
 
     async def _verdict(self, prompt: str, usage: _Usage) -> dict[str, Any]:
         """One order's verdict; a malformed reply is answered with one correction, then given up on."""
-        messages: list[dict[str, str]] = [
+        messages: list[ChatCompletionMessageParam] = [
             {"role": "system", "content": SYSTEM_MESSAGE},
             {"role": "user", "content": prompt},
         ]
@@ -338,7 +344,7 @@ class JudgeScorer:
             f"judge {self.config.model} gave no valid verdict after one correction: {problem}"
         )
 
-    async def _call(self, messages: list[dict[str, str]], usage: _Usage) -> str:
+    async def _call(self, messages: list[ChatCompletionMessageParam], usage: _Usage) -> str:
         """One chat completion, retried on 429, 5xx and connection errors with backoff and jitter."""
         cfg = self.config
         extra: dict[str, Any] = {} if cfg.max_tokens is None else {"max_tokens": cfg.max_tokens}
@@ -350,7 +356,7 @@ class JudgeScorer:
                 try:
                     response = await self.client.chat.completions.create(
                         model=cfg.model,
-                        messages=messages,  # type: ignore[arg-type]
+                        messages=messages,
                         temperature=0,
                         response_format={"type": "json_object"},
                         **extra,

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import Score
+from shadowtap.records import PairRecord, Score
+from shadowtap.scorers.base import ScorerConfig, validate_config
+
+__all__ = ["LatencyConfig", "LatencyLengthScorer"]
+
+
+class LatencyConfig(ScorerConfig):
+    """`scoring.scorers.latency`: within `tolerance` of the primary's latency counts as the same."""
+
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
 
 
 def _ratio(candidate: float | None, primary: float | None) -> float | None:
@@ -22,25 +34,27 @@ class LatencyLengthScorer:
 
     name: ClassVar[str] = "latency"
     outcomes: ClassVar[frozenset[str]] = frozenset({"candidate_faster", "candidate_slower", "same"})
+    config_model: ClassVar[type[LatencyConfig]] = LatencyConfig
+    review_reasons: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | LatencyConfig | None = None,
         *,
         metrics: ScoringMetrics | None = None,
         segments: frozenset[str] = frozenset(),
     ) -> None:
-        config = dict(config or {})
-        self.tolerance = float(config.pop("tolerance", 0.1))
-        if config:
-            raise ValueError(f"scoring.scorers.latency: unknown key(s) {sorted(config)}")
-        if not 0 <= self.tolerance < 1:
-            raise ValueError("scoring.scorers.latency.tolerance: must be in [0, 1)")
+        self.config = validate_config(LatencyConfig, self.name, config)
+        self.tolerance = self.config.tolerance
         self.metrics = metrics
         self.segments = segments
 
-    async def score(self, pair: dict[str, Any]) -> list[Score]:
-        primary, candidate = pair.get("primary") or {}, pair.get("candidate") or {}
+    def reasons_for_review(self, scores: list[Score]) -> list[str]:
+        """Latency alone never calls for a human."""
+        return []
+
+    async def score(self, pair: PairRecord) -> list[Score]:
+        primary, candidate = pair["primary"], pair["candidate"]
         if primary.get("error") is not None or candidate.get("error") is not None:
             return []
         ratios = {

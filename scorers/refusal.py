@@ -8,13 +8,24 @@ never inside quotes, inline code or code fences, and what follows it decides ref
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shadowtap.records import Score
-from shadowtap.scorers.base import side_text
+from shadowtap.records import SIDES, PairRecord, Score, SideName
+from shadowtap.scorers.base import NoConfig, side_text, validate_config
 
-__all__ = ["PAIRWISE_OUTCOMES", "RefusalLabel", "RefusalVerdict", "classify_refusal", "pairwise_refusal"]
+if TYPE_CHECKING:
+    from shadowtap.metrics import ScoringMetrics
+
+__all__ = [
+    "PAIRWISE_OUTCOMES",
+    "RefusalLabel",
+    "RefusalScorer",
+    "RefusalVerdict",
+    "classify_refusal",
+    "pairwise_refusal",
+]
 
 RefusalLabel = Literal["refused", "partial", "answered"]
 PAIRWISE_OUTCOMES = ("candidate_only_refused", "primary_only_refused", "both", "neither")
@@ -338,25 +349,27 @@ def pairwise_refusal(primary: RefusalLabel | None, candidate: RefusalLabel | Non
 
 class RefusalScorer:
     """Refusal errors: per side refused / partial / answered, and the pairwise outcome that matters —
-    a candidate refusing what the primary answered (`candidate_only_refused`)."""
+    a candidate refusing what the primary answered (`candidate_only_refused`), which also raises the
+    review reason `candidate_refused`. Takes no settings."""
 
     name: ClassVar[str] = "refusal"
     outcomes: ClassVar[frozenset[str]] = frozenset({"refused", "partial", "answered", *PAIRWISE_OUTCOMES})
+    config_model: ClassVar[type[NoConfig]] = NoConfig
+    review_reasons: ClassVar[frozenset[str]] = frozenset({"candidate_refused"})
 
     def __init__(
         self,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | NoConfig | None = None,
         *,
-        metrics: Any = None,
+        metrics: ScoringMetrics | None = None,
         segments: frozenset[str] = frozenset(),
     ) -> None:
-        if config:
-            raise ValueError(f"scoring.scorers.refusal: unknown key(s) {sorted(config)}")
+        self.config = validate_config(NoConfig, self.name, config)
 
-    async def score(self, pair: dict[str, Any]) -> list[Score]:
+    async def score(self, pair: PairRecord) -> list[Score]:
         scores: list[Score] = []
-        labels: dict[str, RefusalLabel | None] = {}
-        for side in ("primary", "candidate"):
+        labels: dict[SideName, RefusalLabel | None] = {}
+        for side in SIDES:
             text = side_text(pair, side)
             if not text:
                 labels[side] = None
@@ -364,18 +377,18 @@ class RefusalScorer:
             verdict = classify_refusal(text)
             labels[side] = verdict.label
             detail = {"cue": verdict.cue, "language": verdict.language} if verdict.cue else {}
-            scores.append(
-                Score(self.name, side, verdict.label, 0.0 if verdict.label == "answered" else 1.0, detail)
-            )  # type: ignore[arg-type]
+            value = 0.0 if verdict.label == "answered" else 1.0
+            scores.append(Score(self.name, side, verdict.label, value, detail))
         if labels["primary"] is not None and labels["candidate"] is not None:
             outcome = pairwise_refusal(labels["primary"], labels["candidate"])
-            scores.append(
-                Score(
-                    self.name,
-                    "pair",
-                    outcome,
-                    None,
-                    {"primary": labels["primary"], "candidate": labels["candidate"]},
-                )
-            )
+            detail = {"primary": labels["primary"], "candidate": labels["candidate"]}
+            scores.append(Score(self.name, "pair", outcome, None, detail))
         return scores
+
+    def reasons_for_review(self, scores: list[Score]) -> list[str]:
+        """`candidate_refused` when the candidate refused what the primary answered."""
+        refused = any(
+            s.scorer == self.name and s.side == "pair" and s.outcome == "candidate_only_refused"
+            for s in scores
+        )
+        return ["candidate_refused"] if refused else []

@@ -10,88 +10,98 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from importlib.metadata import entry_points
+from collections.abc import Mapping, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from pydantic import ValidationError
+
+from shadowtap.config import SCORER_ENTRY_POINT_GROUP, ScorerEntry, ScoringSettings, section_error
+from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import Score
-from shadowtap.scorers.base import Scorer
+from shadowtap.records import PairRecord, ReviewItem, Score, ScoreRecord
+from shadowtap.scorers.base import Scorer, ScorerPlugin, config_key, validate_config
+
+__all__ = ["DEFAULT_SCORERS", "ENTRY_POINT_GROUP", "ScoringPipeline", "available_scorers", "build_scorers"]
 
 log = logging.getLogger("shadowtap.scoring")
 
-ENTRY_POINT_GROUP = "shadowtap.scorers"
+ENTRY_POINT_GROUP = SCORER_ENTRY_POINT_GROUP
 # Scorers enabled when the config names none: the ones that need no outside service.
 DEFAULT_SCORERS: dict[str, dict[str, Any]] = {"format": {}, "refusal": {}, "latency": {}}
 
 
-def available_scorers() -> dict[str, Callable[..., Scorer]]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}  # type: ignore[misc]
+def available_scorers() -> dict[str, EntryPoint]:
+    """The registered scorer plug-ins by name (not loaded yet)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _scoring_settings(scoring: ScoringSettings | Mapping[str, Any]) -> ScoringSettings:
+    if isinstance(scoring, ScoringSettings):
+        return scoring
+    try:
+        return ScoringSettings.model_validate(dict(scoring))
+    except ValidationError as exc:
+        raise ConfigError(section_error("scoring", exc)) from None
+
+
+def _build_one(entry: EntryPoint, config: Mapping[str, Any], **context: Any) -> Scorer:
+    """One plug-in, its config validated by the model it declares (a plug-in without one gets the
+    mapping as it is and checks it itself)."""
+    cls = entry.load()
+    model = getattr(cls, "config_model", None)
+    settings = validate_config(model, entry.name, config) if model is not None else dict(config)
+    try:
+        scorer: Scorer = cls(settings, **context)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith("scoring.") else f"{config_key(entry.name)}: {msg}") from None
+    return scorer
 
 
 def build_scorers(
-    scoring_config: dict[str, Any], metrics: ScoringMetrics | None, segments: frozenset[str]
+    scoring: ScoringSettings | Mapping[str, Any], metrics: ScoringMetrics | None, segments: frozenset[str]
 ) -> list[Scorer]:
-    """Instantiate the scorers named under `scoring.scorers` (default: format, refusal, latency)."""
-    wanted = scoring_config.get("scorers")
-    if wanted is None:
-        wanted = DEFAULT_SCORERS
-    if not isinstance(wanted, dict):
-        raise ValueError("scoring.scorers: must be a mapping of scorer name to its settings")
+    """Instantiate the scorers named under `scoring.scorers` (default: format, refusal, latency).
+
+    `scoring` is the `scoring` section, or a mapping of its keys (validated here). A bad setting is a
+    `ConfigError` naming its key, `scoring.scorers.<name>.<key>`."""
+    settings = _scoring_settings(scoring)
+    wanted: Mapping[str, ScorerEntry] = DEFAULT_SCORERS if settings.scorers is None else settings.scorers
     found = available_scorers()
     scorers: list[Scorer] = []
     for name, config in wanted.items():
         if config is False:
             continue
         if name not in found:
-            raise ValueError(
-                f"scoring.scorers.{name}: no such scorer (available: {', '.join(sorted(found))})"
-            )
-        cls = found[name].load()  # type: ignore[attr-defined]
-        try:
-            scorer = cls(config if isinstance(config, dict) else {}, metrics=metrics, segments=segments)
-        except ValueError as exc:
-            msg = str(exc)
-            raise ValueError(
-                msg if msg.startswith("scoring.") else f"scoring.scorers.{name}: {msg}"
-            ) from None
-        scorers.append(scorer)
+            raise ConfigError(f"{config_key(name)}: no such scorer (available: {', '.join(sorted(found))})")
+        scorers.append(_build_one(found[name], config, metrics=metrics, segments=segments))
     return scorers
-
-
-REVIEW_REASONS = ("candidate_refused", "judge_inconsistent", "format_regression")
-
-
-def review_reasons(scores: list[Score]) -> list[str]:
-    """Why a human should look at this pair, from its scores."""
-    reasons = []
-    by_key = {(s.scorer, s.side): s for s in scores}
-    refusal = by_key.get(("refusal", "pair"))
-    if refusal is not None and refusal.outcome == "candidate_only_refused":
-        reasons.append("candidate_refused")
-    judge = by_key.get(("judge", "pair"))
-    if judge is not None and judge.detail.get("position_inconsistent"):
-        reasons.append("judge_inconsistent")
-    fmt_p, fmt_c = by_key.get(("format", "primary")), by_key.get(("format", "candidate"))
-    if fmt_p is not None and fmt_c is not None and fmt_p.outcome == "pass" and fmt_c.outcome == "fail":
-        reasons.append("format_regression")
-    return reasons
 
 
 class ScoringPipeline:
     """Scores one pair with every enabled scorer, concurrently, and reports what it found."""
 
-    def __init__(self, scorers: list[Scorer], metrics: ScoringMetrics, segments: frozenset[str]) -> None:
-        self.scorers = scorers
+    def __init__(self, scorers: Sequence[Scorer], metrics: ScoringMetrics, segments: frozenset[str]) -> None:
+        self.scorers = list(scorers)
         self.metrics = metrics
         self.segments = segments
+        # The scorers that say which review reasons a pair's scores call for.
+        self._reviewers = [s for s in self.scorers if isinstance(s, ScorerPlugin)]
 
-    async def score_pair(self, pair: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def review_reasons(self, scores: list[Score]) -> list[str]:
+        """Why a human should look at a pair, as its scorers see its scores; each reason once."""
+        reasons: list[str] = []
+        for scorer in self._reviewers:
+            reasons.extend(r for r in scorer.reasons_for_review(scores) if r not in reasons)
+        return reasons
+
+    async def score_pair(self, pair: PairRecord) -> tuple[list[ScoreRecord], list[ReviewItem]]:
         """Returns (score records, review items). Metrics are not touched here: see `count`."""
         results = await asyncio.gather(*(self._run(s, pair) for s in self.scorers))
         scores = [score for batch in results for score in batch]
         records = [s.to_record(pair) for s in scores]
-        review = [
+        review: list[ReviewItem] = [
             {
                 "pair_id": pair["id"],
                 "reason": reason,
@@ -99,12 +109,12 @@ class ScoringPipeline:
                 "pair": pair,
                 "scores": records,
             }
-            for reason in review_reasons(scores)
+            for reason in self.review_reasons(scores)
         ]
         return records, review
 
     def count(
-        self, pair: dict[str, Any], records: list[dict[str, Any]], review: list[dict[str, Any]], source: str
+        self, pair: PairRecord, records: list[ScoreRecord], review: list[ReviewItem], source: str
     ) -> None:
         """Export the outcomes of one scored pair; called once the records are safely stored."""
         segment = segment_label((pair.get("tags") or {}).get("segment"), self.segments)
@@ -116,7 +126,7 @@ class ScoringPipeline:
             self.metrics.review_items.labels(reason=item["reason"]).inc()
         self.metrics.pairs_scored.labels(source=source).inc()
 
-    async def _run(self, scorer: Scorer, pair: dict[str, Any]) -> list[Score]:
+    async def _run(self, scorer: Scorer, pair: PairRecord) -> list[Score]:
         started = time.perf_counter()
         try:
             scores = await scorer.score(pair)

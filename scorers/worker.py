@@ -24,10 +24,13 @@ import jsonschema
 from prometheus_client import CollectorRegistry
 
 from shadowtap.config import Settings
+from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics
 from shadowtap.proxy.sinks import encode_record
-from shadowtap.records import score_key, validate_pair
+from shadowtap.records import PairRecord, ReviewItem, ScoreRecord, score_key, validate_pair
 from shadowtap.scorers.runner import ScoringPipeline, build_scorers
+
+__all__ = ["KafkaWorker", "SeenPairs", "make_pipeline", "parse_pair", "score_file", "score_many"]
 
 log = logging.getLogger("shadowtap.worker")
 
@@ -37,12 +40,15 @@ def make_pipeline(settings: Settings, metrics: ScoringMetrics) -> ScoringPipelin
     return ScoringPipeline(build_scorers(settings.scoring, metrics, segments), metrics, segments)
 
 
-async def score_many(
-    pipeline: ScoringPipeline, pairs: list[dict[str, Any]], concurrency: int
-) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+Scored = tuple[list[ScoreRecord], list[ReviewItem]]
+# Pairs a Kafka worker scores at once unless `scoring.concurrency` says otherwise.
+KAFKA_CONCURRENCY = 16
+
+
+async def score_many(pipeline: ScoringPipeline, pairs: list[PairRecord], concurrency: int) -> list[Scored]:
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(pair: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def one(pair: PairRecord) -> Scored:
         async with gate:
             return await pipeline.score_pair(pair)
 
@@ -56,6 +62,10 @@ class SeenPairs:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
 
+    def discard(self, pair_id: str) -> None:
+        """Forget a pair (its scores were not stored), so that it is scored again when re-delivered."""
+        self._ids.pop(pair_id, None)
+
     def add(self, pair_id: str) -> bool:
         if pair_id in self._ids:
             self._ids.move_to_end(pair_id)
@@ -66,10 +76,10 @@ class SeenPairs:
         return True
 
 
-def parse_pair(raw: bytes | str) -> tuple[dict[str, Any] | None, str | None]:
+def parse_pair(raw: bytes | str) -> tuple[PairRecord | None, str | None]:
     """A pair record, or None and why not."""
     try:
-        pair = json.loads(raw)
+        pair: PairRecord = json.loads(raw)
     except ValueError as exc:
         return None, f"not JSON: {exc}"
     try:
@@ -97,7 +107,7 @@ def score_file(
     metrics = ScoringMetrics(registry)
     pipeline = make_pipeline(settings, metrics)
     lines = input_path.read_bytes().splitlines()
-    pairs: list[dict[str, Any]] = []
+    pairs: list[PairRecord] = []
     invalid: list[tuple[int, str]] = []
     seen = SeenPairs()
     duplicates = 0
@@ -168,13 +178,13 @@ class KafkaWorker:
 
         kafka = settings.sink.kafka
         if not kafka.bootstrap_servers:
-            raise ValueError("sink.kafka.bootstrap_servers: the Kafka worker needs a broker")
+            raise ConfigError("sink.kafka.bootstrap_servers: the Kafka worker needs a broker")
         self.settings = settings
         self.kafka = kafka
         self.metrics = ScoringMetrics(registry)
         self.pipeline = make_pipeline(settings, self.metrics)
-        self.concurrency = int(settings.scoring.get("concurrency", 16))
-        self.batch_size = int(settings.scoring.get("batch_size", 100))
+        self.concurrency = settings.scoring.concurrency or KAFKA_CONCURRENCY
+        self.batch_size = settings.scoring.batch_size
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.seen = SeenPairs()
         self.stopping = False
@@ -227,9 +237,26 @@ class KafkaWorker:
         self.stopping = True
 
     def _process(self, loop: asyncio.AbstractEventLoop, polled: dict[Any, list[Any]]) -> None:
+        """Score one polled batch and commit its records with its offsets, or rewind to score it again."""
+        fresh, invalid, duplicates, offsets = self._sort(polled)
+        results = loop.run_until_complete(score_many(self.pipeline, fresh, self.concurrency))
+        self.producer.begin_transaction()
+        try:
+            self._commit(results, invalid, offsets)
+        except Exception:
+            log.exception("could not commit the scores of %d pairs; they will be re-delivered", len(fresh))
+            self._rewind(fresh, offsets)
+            return
+        for pair, (records, review) in zip(fresh, results, strict=True):
+            self.pipeline.count(pair, records, review, source="kafka")
+        if duplicates:
+            self.metrics.pairs_duplicate.labels(source="kafka").inc(duplicates)
+
+    def _sort(self, polled: dict[Any, list[Any]]) -> tuple[list[PairRecord], list[Any], int, dict[Any, Any]]:
+        """(pairs to score, messages that are no pair record, duplicates, offsets to commit)."""
         from kafka.structs import OffsetAndMetadata
 
-        fresh: list[dict[str, Any]] = []
+        fresh: list[PairRecord] = []
         invalid: list[Any] = []
         duplicates = 0
         offsets = {}
@@ -246,39 +273,33 @@ class KafkaWorker:
                 else:
                     duplicates += 1
             offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
-        results = loop.run_until_complete(score_many(self.pipeline, fresh, self.concurrency))
-        self.producer.begin_transaction()
+        return fresh, invalid, duplicates, offsets
+
+    def _commit(self, results: list[Scored], invalid: list[Any], offsets: dict[Any, Any]) -> None:
+        """Scores, review items, invalid messages and the consumed offsets, in the open transaction."""
+        for records, review in results:
+            for r in records:
+                self.producer.send(self.kafka.scores_topic, key=score_key(r).encode(), value=encode_record(r))
+            for item in review:
+                self.producer.send(
+                    self.kafka.review_topic, key=item["pair_id"].encode(), value=encode_record(item)
+                )
+        for message in invalid:
+            self.producer.send(self.invalid_topic, key=message.key, value=message.value)
+        self.producer.send_offsets_to_transaction(offsets, self.kafka.group_id)
+        self.producer.commit_transaction()
+
+    def _rewind(self, fresh: list[PairRecord], offsets: dict[Any, Any]) -> None:
+        """Abort the transaction and seek back to the last committed offsets: the batch is scored again."""
+        for pair in fresh:
+            self.seen.discard(pair["id"])
         try:
-            for records, review in results:
-                for r in records:
-                    self.producer.send(
-                        self.kafka.scores_topic, key=score_key(r).encode(), value=encode_record(r)
-                    )
-                for item in review:
-                    self.producer.send(
-                        self.kafka.review_topic, key=item["pair_id"].encode(), value=encode_record(item)
-                    )
-            for message in invalid:
-                self.producer.send(self.invalid_topic, key=message.key, value=message.value)
-            self.producer.send_offsets_to_transaction(offsets, self.kafka.group_id)
-            self.producer.commit_transaction()
+            self.producer.abort_transaction()
         except Exception:
-            log.exception("could not commit the scores of %d pairs; they will be re-delivered", len(fresh))
-            for pair in fresh:
-                self.seen._ids.pop(pair["id"], None)
-            try:
-                self.producer.abort_transaction()
-            except Exception:
-                log.exception("abort failed")
-            # Rewind to the last committed offsets so the batch is scored again.
-            for tp in offsets:
-                committed = self.consumer.committed(tp)
-                self.consumer.seek(tp, committed if committed is not None else 0)
-            return
-        for pair, (records, review) in zip(fresh, results, strict=True):
-            self.pipeline.count(pair, records, review, source="kafka")
-        if duplicates:
-            self.metrics.pairs_duplicate.labels(source="kafka").inc(duplicates)
+            log.exception("abort failed")
+        for tp in offsets:
+            committed = self.consumer.committed(tp)
+            self.consumer.seek(tp, committed if committed is not None else 0)
 
     def _update_lag(self) -> None:
         try:

@@ -1,4 +1,5 @@
-"""The `sentinel` section of the config, validated once into a frozen object.
+"""The `sentinel` section of the config (`SentinelSettings`, validated with the rest at load time) and
+what the sentinel borrows from the other sections.
 
 Every key has a default, so a sentinel runs with no config at all. Scorers default to the production
 ones (`scoring.scorers`), less those that make no sense against a recorded reference (latency) or that
@@ -10,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from shadowtap.config import SentinelSettings, Settings
 
-from shadowtap.config import Settings, section_error
-from shadowtap.errors import ConfigError
+__all__ = ["CONFIG_KEY", "DEFAULT_PIPELINE_SCORERS", "NOT_IN_PIPELINE", "SentinelConfig", "SentinelSettings"]
 
 CONFIG_KEY = "sentinel"
 # Scorers the sentinel never runs through the pipeline: latency compares against the recorded
@@ -22,61 +22,11 @@ NOT_IN_PIPELINE = frozenset({"latency", "judge"})
 DEFAULT_PIPELINE_SCORERS: dict[str, Any] = {"format": {}, "refusal": {}}
 
 
-class SentinelSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Building a set
-    strata: list[str] = Field(default_factory=lambda: ["segment", "length_bucket"], min_length=1)
-    size: int = Field(default=150, ge=1)
-    min_per_cell: int = Field(default=30, ge=0)
-    near_duplicate_threshold: float = Field(default=0.9, gt=0, le=1)
-    shingle_words: int = Field(default=3, ge=1)
-    seed: int = 1234
-    sets_dir: str | None = None
-
-    # Running
-    api_key: str | None = None
-    concurrency: int = Field(default=8, ge=1)
-    retries: int = Field(default=3, ge=0)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    max_tokens: int | None = Field(default=None, gt=0)
-    scorers: dict[str, Any] | None = None
-    judge: dict[str, Any] | None = None
-    bootstrap_samples: int = Field(default=2000, ge=100)
-
-    # History, gate, metrics
-    history: str | None = None
-    review_queue: str | None = None
-    threshold_points: float = Field(default=5.0, ge=0)
-    thresholds: dict[str, float] = Field(default_factory=dict)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    pushgateway: str | None = None
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
-
-    @field_validator("thresholds")
-    @classmethod
-    def _points(cls, thresholds: dict[str, float]) -> dict[str, float]:
-        for mode, points in thresholds.items():
-            if points < 0:
-                raise ValueError(f"threshold for {mode} must be >= 0 points, got {points}")
-        return thresholds
-
-    def threshold_for(self, failure_mode: str) -> float:
-        """The regression threshold of one failure mode, in points (5 = 0.05 on a 0..1 rate)."""
-        return self.thresholds.get(failure_mode, self.threshold_points)
-
-
 class SentinelConfig:
     """The sentinel's settings together with what it borrows from the rest of the config."""
 
     def __init__(self, settings: Settings) -> None:
-        try:
-            self.sentinel = SentinelSettings.model_validate(settings.sentinel)
-        except ValidationError as exc:
-            raise ConfigError(section_error(CONFIG_KEY, exc)) from None
+        self.sentinel: SentinelSettings = settings.sentinel  # validated with the rest at load time
         self.settings = settings
 
     @property
@@ -106,8 +56,8 @@ class SentinelConfig:
         if self.sentinel.scorers is not None:
             wanted = dict(self.sentinel.scorers)
         else:
-            configured = self.settings.scoring.get("scorers")
-            wanted = dict(configured) if isinstance(configured, dict) else dict(DEFAULT_PIPELINE_SCORERS)
+            configured = self.settings.scoring.scorers
+            wanted = dict(configured) if configured is not None else dict(DEFAULT_PIPELINE_SCORERS)
         return {name: cfg for name, cfg in wanted.items() if name not in NOT_IN_PIPELINE and cfg is not False}
 
     def judge_config(self) -> dict[str, Any] | None:
@@ -115,7 +65,7 @@ class SentinelConfig:
         comparisons)."""
         if self.sentinel.judge is not None:
             return dict(self.sentinel.judge)
-        for scorers in (self.sentinel.scorers, self.settings.scoring.get("scorers")):
+        for scorers in (self.sentinel.scorers, self.settings.scoring.scorers):
             if isinstance(scorers, dict) and "judge" in scorers:
                 judge = scorers["judge"]
                 return dict(judge) if isinstance(judge, dict) else None

@@ -2,30 +2,52 @@
 
 Precedence, lowest first: built-in defaults, the YAML file, the environment, command-line flags.
 Everything is validated once at start-up into frozen objects that are passed down; a bad value fails
-with an error that names the key (`shadow.sample_rate: must be between 0 and 1, got 1.5`).
+with an error that names the key (`shadow.sample_rate: Input should be less than or equal to 1 (got 1.5)`).
+The environment layer is pydantic-settings' (`EnvironmentSource`); the sections are frozen pydantic
+models, the scorers' own settings excepted: each scorer validates those with its own config model.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, overload
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from shadowtap.errors import ConfigError
 
 ENV_PREFIX = "SHADOWTAP_"
+# Scorer plug-ins register under this entry point group (the built-ins too).
+SCORER_ENTRY_POINT_GROUP = "shadowtap.scorers"
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_url(value: str | None) -> str | None:
+@overload
+def check_url(value: str) -> str: ...
+@overload
+def check_url(value: None) -> None: ...
+def check_url(value: str | None) -> str | None:
+    """An http(s) base URL (as the OpenAI SDK takes it), without its trailing slash; else ValueError."""
     if value is None:
         return None
     parts = urlsplit(value)
@@ -51,7 +73,10 @@ class UpstreamSettings(_Section):
     # A PEM bundle of CA certificates to trust for an https URL (a private CA); default: certifi's.
     ca_file: str | None = None
 
-    _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return check_url(value)
 
     @field_validator("ca_file")
     @classmethod
@@ -102,7 +127,10 @@ class ShadowSettings(_Section):
         raise ValueError(f"must be 'random', 'header:<Header-Name>' or 'body:<field>', got {key!r}")
 
     def rate_for(self, route: str) -> float:
-        return self.routes.get(route, self.sample_rate)  # type: ignore[call-overload]
+        for mirrored, rate in self.routes.items():
+            if mirrored == route:
+                return rate
+        return self.sample_rate
 
 
 class TagSettings(_Section):
@@ -176,7 +204,87 @@ class SinkSettings(_Section):
         return "kafka" if self.kafka.bootstrap_servers else "jsonl"
 
 
-class Settings(_Section):
+def _scorer_entry(value: Any) -> Any:
+    """An entry of `scoring.scorers`: its settings, empty (YAML null) or true for the defaults, false to
+    disable it. The settings themselves are checked by the scorer's own config model."""
+    if value is None or value is True:
+        return {}
+    if value is False or isinstance(value, dict):
+        return value
+    raise ValueError(f"must be the scorer's settings (a mapping), or false to disable it, got {value!r}")
+
+
+ScorerEntry = Annotated[dict[str, Any] | Literal[False], BeforeValidator(_scorer_entry)]
+
+
+class ScoringSettings(_Section):
+    """How pairs are scored: in-process (embedded mode) or by `shadowtap score` workers on Kafka."""
+
+    # In-process scoring in the embedded (JSONL) mode; Kafka workers score regardless.
+    enabled: bool = True
+    # Pairs scored at once; unset: 8 in-process, 16 per Kafka worker.
+    concurrency: int | None = Field(default=None, ge=1)
+    # Pairs waiting for in-process scoring; beyond this they are dropped from scoring and counted.
+    queue_size: int = Field(default=1000, ge=1)
+    # Records a Kafka worker polls and commits as one transaction.
+    batch_size: int = Field(default=100, ge=1)
+    # Scorer name -> its settings (or false); unset: the scorers that need no outside service.
+    scorers: dict[str, ScorerEntry] | None = None
+
+
+class SentinelSettings(_Section):
+    """The `sentinel` section: every key has a default, so a sentinel runs with no config at all."""
+
+    # Building a set
+    strata: list[str] = Field(default_factory=lambda: ["segment", "length_bucket"], min_length=1)
+    size: int = Field(default=150, ge=1)
+    min_per_cell: int = Field(default=30, ge=0)
+    near_duplicate_threshold: float = Field(default=0.9, gt=0, le=1)
+    shingle_words: int = Field(default=3, ge=1)
+    seed: int = 1234
+    sets_dir: str | None = None
+
+    # Running
+    api_key: str | None = None
+    concurrency: int = Field(default=8, ge=1)
+    retries: int = Field(default=3, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    scorers: dict[str, Any] | None = None
+    judge: dict[str, Any] | None = None
+    bootstrap_samples: int = Field(default=2000, ge=100)
+
+    # History, gate, metrics
+    history: str | None = None
+    review_queue: str | None = None
+    threshold_points: float = Field(default=5.0, ge=0)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    pushgateway: str | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("thresholds")
+    @classmethod
+    def _points(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        for mode, points in thresholds.items():
+            if points < 0:
+                raise ValueError(f"threshold for {mode} must be >= 0 points, got {points}")
+        return thresholds
+
+    def threshold_for(self, failure_mode: str) -> float:
+        """The regression threshold of one failure mode, in points (5 = 0.05 on a 0..1 rate)."""
+        return self.thresholds.get(failure_mode, self.threshold_points)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. `load_settings` builds it from the file, the environment and the flags;
+    `Settings(**keys)` alone reads the process environment beneath `keys`."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX)
+
     primary: UpstreamSettings = Field(default_factory=UpstreamSettings)
     candidate: UpstreamSettings = Field(default_factory=lambda: UpstreamSettings(timeout_s=60.0))
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -184,9 +292,19 @@ class Settings(_Section):
     tags: TagSettings = Field(default_factory=TagSettings)
     redaction: RedactionSettings = Field(default_factory=RedactionSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
-    # Scorer and sentinel sections are validated by their own modules; kept as plain mappings here.
-    scoring: dict[str, Any] = Field(default_factory=dict)
-    sentinel: dict[str, Any] = Field(default_factory=dict)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    sentinel: SentinelSettings = Field(default_factory=SentinelSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, EnvironmentSource(settings_cls, os.environ)
 
     @model_validator(mode="after")
     def _kafka_needs_servers(self) -> Settings:
@@ -213,58 +331,148 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{'.'.join(path)}: cannot set below a non-mapping value")
-    node[path[-1]] = value
+# Variables that point somewhere rather than set a key: the config file itself, and a cache directory.
+ENV_NOT_KEYS = frozenset({"SHADOWTAP_CONFIG", "SHADOWTAP_CACHE"})
 
 
-def _resolve_env_name(model: type[BaseModel], words: list[str]) -> list[str] | None:
-    """Map the words of `SHADOWTAP_SINK_KAFKA_BOOTSTRAP_SERVERS` onto a key path, e.g.
-    ["sink", "kafka", "bootstrap_servers"]; field names may themselves contain underscores."""
-    for n in range(len(words), 0, -1):
-        name = "_".join(words[:n])
-        field = model.model_fields.get(name)
-        if field is None:
-            continue
-        rest = words[n:]
-        if not rest:
-            return [name]
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            tail = _resolve_env_name(sub, rest)
-            if tail is not None:
-                return [name, *tail]
-        elif sub is not None and getattr(sub, "__origin__", None) is dict:
-            return [name, "_".join(rest)]
+def plugin_env_prefixes() -> frozenset[str]:
+    """`SHADOWTAP_<NAME>_` for every scorer plug-in registered under `SCORER_ENTRY_POINT_GROUP`.
+
+    A plug-in reads its own variables there (the judge's `SHADOWTAP_JUDGE_API_KEY`, declared on its
+    config model); they are not configuration keys. Only the package metadata is read, nothing imported.
+    """
+    names = entry_points(group=SCORER_ENTRY_POINT_GROUP).names
+    return frozenset(f"{ENV_PREFIX}{name.upper()}_" for name in names)
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a union (`X | None`, `Literal[False] | dict`), else the annotation itself."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, UnionType):
+        return [a for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
     return None
 
 
-# Variables that carry secrets or pointers rather than config keys.
-ENV_NOT_KEYS = frozenset({"SHADOWTAP_CONFIG", "SHADOWTAP_JUDGE_API_KEY", "SHADOWTAP_CACHE"})
+def _dict_values(annotation: Any) -> tuple[bool, Any] | None:
+    """For a `dict[str, X]` (possibly optional): (whether X is itself a mapping, X)."""
+    for member in _members(annotation):
+        if get_origin(member) is dict:
+            value = get_args(member)[1] if get_args(member) else Any
+            nested = any(get_origin(m) is dict or _submodel(m) for m in _members(value))
+            return nested, value
+    return None
+
+
+def _key_path(annotation: Any, words: list[str]) -> tuple[list[str], Any] | None:
+    """The key path that the words of a variable name mean below a field of type `annotation`, and the
+    type of the key it ends at: ["kafka", "bootstrap", "servers"] under `sink` is kafka.bootstrap_servers.
+    Field names may contain underscores themselves, so the longest field name that fits is tried first."""
+    model = _submodel(annotation)
+    if model is not None:
+        for n in range(len(words), 0, -1):
+            field = model.model_fields.get("_".join(words[:n]))
+            if field is None:
+                continue
+            if n == len(words):
+                return ["_".join(words)], field.annotation
+            tail = _key_path(field.annotation, words[n:])
+            if tail is not None:
+                return ["_".join(words[:n]), *tail[0]], tail[1]
+        return None
+    values = _dict_values(annotation)
+    if values is None:
+        return None
+    nested, value_type = values
+    if nested and len(words) > 1:
+        tail = _key_path(value_type, words[1:])
+        if tail is not None:
+            return [words[0], *tail[0]], tail[1]
+        return [words[0], "_".join(words[1:])], Any
+    return ["_".join(words)], value_type
+
+
+def _is_text(annotation: Any) -> bool:
+    """A key that holds text: a numeric-looking secret or model name given in the environment stays text."""
+    members = _members(annotation)
+    return str in members and not {bool, int, float} & set(members)
+
+
+class EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source for `SHADOWTAP_<SECTION>_<KEY>` names.
+
+    `_` both joins the levels and appears inside key names (`SHADOWTAP_SINK_KAFKA_BOOTSTRAP_SERVERS` is
+    sink.kafka.bootstrap_servers), so nested names are matched against the fields rather than split
+    blindly. Values are read as YAML scalars or flow lists (`0.5`, `true`, `[a, b]`, empty for null).
+    A `SHADOWTAP_` variable that is no key, no pointer (`ENV_NOT_KEYS`) and no plug-in's own
+    (`plugin_env_prefixes`) is an error naming it.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        # Only upper-case SHADOWTAP_ names are ours; the base class looks them up in lower case.
+        self._names = {name.lower(): name for name in environ if name.startswith(ENV_PREFIX)}
+        self._environ = environ
+        self._names_used: set[str] = set()
+        self._problems: list[str] = []
+        super().__init__(settings_cls, case_sensitive=False, env_prefix=ENV_PREFIX, env_nested_delimiter="_")
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {lower: self._environ[name] for lower, name in self._names.items()}
+
+    def explode_env_vars(
+        self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        prefix = f"{ENV_PREFIX}{field_name}_".lower()
+        tree: dict[str, Any] = {}
+        for lower, raw in env_vars.items():
+            if not lower.startswith(prefix) or raw is None:
+                continue
+            name = self._names[lower]
+            found = _key_path(field.annotation, lower[len(prefix) :].split("_"))
+            if found is None:
+                continue
+            path, annotation = found
+            self._names_used.add(lower)
+            try:
+                value = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError as exc:
+                self._problems.append(f"{name}: cannot parse value: {exc}")
+                continue
+            if isinstance(value, (bool, int, float)) and _is_text(annotation):
+                value = raw
+            node = tree
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        return tree
+
+    def __call__(self) -> dict[str, Any]:
+        self._names_used, self._problems = set(), []
+        try:
+            values = super().__call__()
+        except SettingsError as exc:
+            raise ConfigError(f"environment: {exc}") from None
+        if self._problems:
+            raise ConfigError(self._problems[0])
+        self._names_used |= {f"{ENV_PREFIX}{name}".lower() for name in values}
+        reserved = plugin_env_prefixes()
+        for lower, name in sorted(self._names.items()):
+            if lower in self._names_used or name in ENV_NOT_KEYS or name.startswith(tuple(reserved)):
+                continue
+            raise ConfigError(f"{name}: no such configuration key")
+        return values
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Collect `SHADOWTAP_*` variables into a nested mapping; values are parsed as YAML scalars/lists."""
-    tree: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_KEYS:
-            continue
-        words = name[len(ENV_PREFIX) :].lower().split("_")
-        path = _resolve_env_name(Settings, words)
-        if path is None:
-            raise ConfigError(f"{name}: no such configuration key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: cannot parse value: {exc}") from None
-        if isinstance(value, (int, float)) and path[-1] in ("api_key", "model", "url", "bootstrap_servers"):
-            value = raw
-        _set_path(tree, path, value)
-    return tree
+    """The `SHADOWTAP_*` variables of `environ` as a nested mapping of config keys."""
+    return EnvironmentSource(Settings, environ)()
 
 
 def section_error(section: str, exc: ValidationError) -> str:
@@ -293,6 +501,21 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
     return f"invalid configuration ({origin}):\n" + "\n".join(lines)
 
 
+def _read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of sections")
+    return loaded
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -301,25 +524,13 @@ def load_settings(
 ) -> Settings:
     """Defaults < YAML file < SHADOWTAP_* environment < `overrides` (command-line flags)."""
     environ = os.environ if environ is None else environ
-    tree: dict[str, Any] = {}
-    origin = "defaults"
     if path is None and environ.get("SHADOWTAP_CONFIG"):
         path = environ["SHADOWTAP_CONFIG"]
+    tree: dict[str, Any] = {}
+    origin = "defaults"
     if path is not None:
-        file = Path(path)
-        origin = str(file)
-        try:
-            loaded = yaml.safe_load(file.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {file}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of sections")
-        tree = loaded
-    env = env_overrides(environ)
+        tree, origin = _read_file(path), str(Path(path))
+    env = EnvironmentSource(Settings, environ)()
     if env:
         tree = _deep_merge(tree, env)
         origin += " + environment"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import click
 
@@ -41,8 +41,6 @@ def score(
     worker_id: str | None,
 ) -> None:
     """Score pairs: from Kafka as a consumer-group worker, or a JSONL file offline with --input/--output."""
-    from pathlib import Path
-
     settings = load(config_file, {})
     if input_path is not None:
         if output_path is None:
@@ -79,7 +77,7 @@ def score(
     worker.run()
 
 
-def _score_offline(settings: Settings, input_path: Any, output_path: Any, review_path: Any) -> None:
+def _score_offline(settings: Settings, input_path: Path, output_path: Path, review_path: Path | None) -> None:
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -88,7 +86,8 @@ def _score_offline(settings: Settings, input_path: Any, output_path: Any, review
 
     console = Console(stderr=True)
     review_path = review_path or output_path.with_name("review.jsonl")
-    total = sum(1 for line in input_path.open("rb") if line.strip())
+    with input_path.open("rb") as lines:
+        total = sum(1 for line in lines if line.strip())
     try:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("scoring pairs", total=total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from shadowtap.cli.common import load, nested
+from shadowtap.errors import ConfigError
 
 
 @click.command()
@@ -72,4 +73,7 @@ def serve(
         f"mirroring to {settings.candidate.url or '(none)'}; pairs -> {where}",
         err=True,
     )
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # a scorer's settings, checked as the scorers are built
+        raise click.ClickException(str(exc)) from None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from prometheus_client import start_http_server
@@ -13,6 +14,10 @@ from shadowtap.config import Settings
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.app import create_app
 from shadowtap.proxy.sinks import JsonlSink, Sink
+from shadowtap.records import PairRecord
+
+if TYPE_CHECKING:
+    from shadowtap.scorers.embedded import EmbeddedScoring
 
 log = logging.getLogger("shadowtap")
 
@@ -36,9 +41,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
     """The ASGI app with its sink (and, in the embedded default, in-process scoring) wired in."""
     metrics = metrics or Metrics()
     sink = make_sink(settings, metrics)
-    handlers = [sink.submit]
-    on_startup = [sink.start]
-    on_shutdown = [lambda: sink.close(settings.server.shutdown_grace_s)]
+    handlers: list[Callable[[PairRecord], None]] = [sink.submit]
+    on_startup: list[Callable[[], Any]] = [sink.start]
+    on_shutdown: list[Callable[[], Any]] = [lambda: sink.close(settings.server.shutdown_grace_s)]
     scoring = _embedded_scoring(settings, metrics)
     if scoring is not None:
         handlers.append(scoring.submit)
@@ -48,8 +53,8 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
     return app, metrics, sink
 
 
-def _embedded_scoring(settings: Settings, metrics: Metrics) -> Any:
-    if settings.sink.resolved_kind != "jsonl" or settings.scoring.get("enabled", True) is False:
+def _embedded_scoring(settings: Settings, metrics: Metrics) -> EmbeddedScoring | None:
+    if settings.sink.resolved_kind != "jsonl" or not settings.scoring.enabled:
         return None
     try:
         from shadowtap.scorers.embedded import EmbeddedScoring
@@ -73,7 +78,8 @@ def serve(settings: Settings) -> None:
         access_log=False,
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]  (a float works)
+        # uvicorn hands this to asyncio.wait_for, which takes a float; only its annotation says int.
+        timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]  # a float works
         lifespan="on",
         http=app.http_protocol,
     )
