@@ -33,7 +33,7 @@ from shadowtap.records import PairRecord
 from shadowtap.request_text import last_user_text
 from shadowtap.sentinel.build import BuildResult, build_set, read_labels, rebuild_set
 from shadowtap.sentinel.cli import sentinel
-from shadowtap.sentinel.gate import compare_runs, regressed_examples
+from shadowtap.sentinel.gate import Comparison, GateDecision, compare_runs, regressed_examples
 from shadowtap.sentinel.history import History
 from shadowtap.sentinel.metrics import SentinelMetrics, push
 from shadowtap.sentinel.run import Target, run_set
@@ -339,7 +339,7 @@ async def test_replay_is_pinned_and_retried(tmp_path: Path) -> None:
     assert record["scorer_config_hash"] and record["judge_model"] is None
 
 
-def _comparison(decision: dict[str, Any], mode: str, stratum: str) -> dict[str, Any]:
+def _comparison(decision: GateDecision, mode: str, stratum: str) -> Comparison:
     return next(c for c in decision["comparisons"] if c["failure_mode"] == mode and c["stratum"] == stratum)
 
 

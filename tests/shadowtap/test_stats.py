@@ -121,7 +121,7 @@ def test_weighted_mean_interval_holds_the_estimate() -> None:
 
 def _two_sided(better: int, worse: int) -> float:
     n, k = better + worse, min(better, worse)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / (1 << n))
 
 
 def test_sign_test_against_binomial_sums() -> None:
