@@ -11,7 +11,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -21,13 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from shadowtap.config import Settings
-from shadowtap.errors import PrimaryStreamBroken
+from shadowtap.errors import PrimaryStreamBroken, openai_error_body
 from shadowtap.metrics import Metrics, route_label
 from shadowtap.proxy.protocol import ProxyHttpProtocol
 from shadowtap.proxy.record import SideAssembler, SideResult
 from shadowtap.proxy.relay import ClientWatch, StreamRelay
 from shadowtap.proxy.shadow import MIRRORED_ROUTES, PairHandler, ShadowDispatcher, ShadowJob
-from shadowtap.proxy.transport import UpstreamResponse
+from shadowtap.proxy.transport import Exchange, UpstreamResponse
 from shadowtap.proxy.upstream import Upstream, forward_headers, response_headers
 
 log = logging.getLogger("shadowtap.proxy")
@@ -38,13 +38,14 @@ BUFFERED_BODY_MAX = 1 << 20
 
 
 def openai_error(status: int, message: str, type_: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "code": code, "param": None}}, status)
+    """An error response an OpenAI SDK parses (`{"error": {message, type, param, code}}`)."""
+    return JSONResponse(openai_error_body(message, type_, code), status)
 
 
 class Proxy:
     """Holds the upstreams, the dispatcher and the metrics for the app's lifetime."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, handlers: list[PairHandler]) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, handlers: Sequence[PairHandler]) -> None:
         self.settings = settings
         self.metrics = metrics
         self.primary = Upstream("primary", settings.primary)
@@ -68,18 +69,19 @@ class Proxy:
             await self.candidate.aclose()
 
     async def handle(self, request: Request) -> Response | StreamRelay:
+        """Pass one request through to the primary and its answer back; mirror it when it is sampled."""
         t0 = time.perf_counter()
         scope = request.scope
         path = scope["path"]
         route = route_label(path)
         method = scope["method"]
         body = await request.body()
-        headers = forward_headers(request.scope["headers"])
+        headers = forward_headers(scope["headers"])
 
         # The primary's request goes out first; the shadow decision (a JSON parse and a few lookups) is
         # made while the primary works, not before.
         t_sent = time.perf_counter()
-        exchange = failure = None
+        exchange: Exchange | Exception
         try:
             exchange = await self.primary.start(
                 method, _target_path(scope), headers, body, scope.get("query_string", b"")
@@ -88,21 +90,10 @@ class Proxy:
             self._client_left(route, None, t_sent)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 for the user
-            failure = exc
-
-        job: ShadowJob | None = None
-        if self.shadow is not None and method == "POST" and path in MIRRORED_ROUTES:
-            try:
-                job = self.shadow.consider(route, scope["headers"], body)
-                if job is not None and not self.shadow.submit(job):
-                    job = None
-            except Exception:  # a fault on the shadow side must never reach the user
-                log.exception("shadow dispatch failed; serving the primary only")
-                self.metrics.shadow_dropped.labels(route=route, reason="internal_error").inc()
-                job = None
-
-        if exchange is None:
-            return self._primary_failed(failure, route, job, t0, t_sent)  # type: ignore[arg-type]
+            exchange = exc
+        job = self._mirror(path, route, scope["headers"], body) if method == "POST" else None
+        if isinstance(exchange, Exception):
+            return self._primary_failed(exchange, route, job, t0, t_sent)
         try:
             upstream = await exchange.response()
         except asyncio.CancelledError:
@@ -112,32 +103,11 @@ class Proxy:
             return self._primary_failed(exc, route, job, t0, t_sent)
 
         t_headers = time.perf_counter()
-        status = upstream.status
-        content_type = upstream.header(b"content-type") or b""
-        is_stream = content_type.startswith(b"text/event-stream")
-        relay = is_stream or _large_or_unsized(upstream)
-        out_headers = response_headers(upstream.headers)
-        self.metrics.requests.labels(route=route, side="primary", status=str(status)).inc()
-        assembler = None
-        if job is not None:
-            try:
-                encoding = upstream.header(b"content-encoding")
-                assembler = SideAssembler(
-                    streaming=is_stream,
-                    started=t_sent,
-                    content_encoding=encoding.decode("latin-1") if encoding else None,
-                )
-            except ValueError as exc:
-                self._resolve(job, SideResult(status=status).fail("undecodable", str(exc)))
-
-        if relay:
-            response = StreamRelay(
-                self._relay(upstream, route, job, assembler, t_sent), status, out_headers, upstream.aclose
-            )
-            self.metrics.overhead.labels(route=route).observe(
-                (t_sent - t0) + (time.perf_counter() - t_headers)
-            )
-            return response
+        is_stream = (upstream.header(b"content-type") or b"").startswith(b"text/event-stream")
+        self.metrics.requests.labels(route=route, side="primary", status=str(upstream.status)).inc()
+        assembler = self._assembler(upstream, job, is_stream, t_sent) if job is not None else None
+        if is_stream or _large_or_unsized(upstream):
+            return self._relayed(upstream, route, job, assembler, t0, t_sent, t_headers)
 
         try:
             chunks = [chunk async for chunk in upstream.aiter_raw()]
@@ -149,14 +119,79 @@ class Proxy:
             raise
         finally:
             await upstream.aclose()
+        return self._buffered(upstream, b"".join(chunks), route, job, assembler, t0, t_sent)
+
+    def _mirror(
+        self, path: str, route: str, raw_headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> ShadowJob | None:
+        """The shadow job for a POST, when its path is mirrored and it is sampled and queued."""
+        if self.shadow is None or path not in MIRRORED_ROUTES:
+            return None
+        try:
+            job = self.shadow.consider(route, raw_headers, body)
+            if job is not None and not self.shadow.submit(job):
+                return None
+            return job
+        except Exception:  # a fault on the shadow side must never reach the user
+            log.exception("shadow dispatch failed; serving the primary only")
+            self.metrics.shadow_dropped.labels(route=route, reason="internal_error").inc()
+            return None
+
+    def _assembler(
+        self, upstream: UpstreamResponse, job: ShadowJob, is_stream: bool, t_sent: float
+    ) -> SideAssembler | None:
+        """What assembles the primary's side of the record from a copy of its body (None: it cannot)."""
+        try:
+            encoding = upstream.header(b"content-encoding")
+            return SideAssembler(
+                streaming=is_stream,
+                started=t_sent,
+                content_encoding=encoding.decode("latin-1") if encoding else None,
+            )
+        except ValueError as exc:
+            self._resolve(job, SideResult(status=upstream.status).fail("undecodable", str(exc)))
+            return None
+
+    def _relayed(
+        self,
+        upstream: UpstreamResponse,
+        route: str,
+        job: ShadowJob | None,
+        assembler: SideAssembler | None,
+        t0: float,
+        t_sent: float,
+        t_headers: float,
+    ) -> StreamRelay:
+        """A response that relays the primary's body as it arrives (a stream, or a large body)."""
+        response = StreamRelay(
+            self._relay(upstream, route, job, assembler, t_sent),
+            upstream.status,
+            response_headers(upstream.headers),
+            upstream.aclose,
+        )
+        # The proxy's own time: before the request went out, and from the primary's headers to here.
+        self.metrics.overhead.labels(route=route).observe((t_sent - t0) + (time.perf_counter() - t_headers))
+        return response
+
+    def _buffered(
+        self,
+        upstream: UpstreamResponse,
+        content: bytes,
+        route: str,
+        job: ShadowJob | None,
+        assembler: SideAssembler | None,
+        t0: float,
+        t_sent: float,
+    ) -> Response:
+        """The primary's whole body, read, as the client's response; a copy goes to the record."""
         t_done = time.perf_counter()
-        content = b"".join(chunks)
+        status = upstream.status
         self.metrics.latency.labels(route=route, side="primary").observe(t_done - t_sent)
         if job is not None and assembler is not None and not job.primary.done():
             assembler.feed(content, t_done)
             self._resolve(job, assembler.finish(SideResult(status=status), t_done, route))
         response = Response(content=content, status_code=status)
-        response.raw_headers = out_headers
+        response.raw_headers = response_headers(upstream.headers)
         self.metrics.overhead.labels(route=route).observe((t_sent - t0) + (time.perf_counter() - t_done))
         return response
 
@@ -227,14 +262,14 @@ class Proxy:
 def create_app(
     settings: Settings,
     metrics: Metrics | None = None,
-    handlers: list[PairHandler] | None = None,
+    handlers: Sequence[PairHandler] | None = None,
     *,
     on_startup: list[Callable[[], Any]] | None = None,
     on_shutdown: list[Callable[[], Any]] | None = None,
 ) -> FastPath:
     """The ASGI app. `handlers` receive each finished pair record (the sink's `submit`, scoring, ...)."""
     metrics = metrics or Metrics()
-    handlers = handlers if handlers is not None else []
+    handlers = handlers if handlers is not None else ()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -254,7 +289,9 @@ def create_app(
     app.state.metrics = metrics
 
     async def passthrough(request: Request) -> Response:
-        return await request.app.state.proxy.handle(request)
+        proxy: Proxy = request.app.state.proxy
+        # A StreamRelay is an ASGI response that Starlette calls just as it calls a Response.
+        return await proxy.handle(request)  # type: ignore[return-value]
 
     app.add_route(
         "/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -298,9 +335,11 @@ class FastPath:
             request = Request(scope, receive)
             await request.body()  # read (and kept by the request) before anything watches `receive`
             watch = ClientWatch(receive)
+            proxy: Proxy = self.app.state.proxy
             try:
+                response: Response | StreamRelay
                 try:
-                    response = await self.app.state.proxy.handle(request)
+                    response = await proxy.handle(request)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -313,20 +352,21 @@ class FastPath:
             except asyncio.CancelledError:
                 if not watch.gone:
                     raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]  (the client left; nothing else did)
+                watch.uncancel()  # the client left; nothing else asked for the cancellation
             finally:
                 watch.stop()
             return
         await self.app(scope, receive, send)
 
 
-def _target_path(scope: dict[str, Any]) -> str:
+def _target_path(scope: Mapping[str, Any]) -> str:
     """The path as the client sent it, escapes and all (`a%2Fb` stays one segment, `%25` stays `%25`);
     `scope["path"]` is already decoded. Falls back to that when the raw form is not plain ASCII `/v1/...`."""
-    raw = scope.get("raw_path")
+    raw: bytes | None = scope.get("raw_path")
     if raw and raw.startswith(b"/v1/") and raw.isascii():
         return raw.decode("ascii")
-    return scope["path"]
+    path: str = scope["path"]
+    return path
 
 
 def _large_or_unsized(upstream: UpstreamResponse) -> bool:

@@ -14,6 +14,7 @@ import logging
 import queue
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ class KafkaSink(ThreadedSink):
 
     # ------------------------------------------------------------------ ThreadedSink hooks
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def write(self, records: list[Mapping[str, Any]]) -> None:
         lines = [encode_record(r) for r in records]
         if self._waiting() or (self.spill.pending_bytes and not self._drain_chunk()):
             self._keep(lines)  # the broker is still away: behind what is already waiting

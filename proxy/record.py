@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from shadowtap.records import PAIR_SCHEMA
+from shadowtap.records import PAIR_SCHEMA, PairRecord, SideError, SideRecord
 
 
 @dataclass(slots=True)
@@ -25,9 +25,9 @@ class SideResult:
     text: str | None = None
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
+    error: SideError | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SideRecord:
         return {
             "model": self.model,
             "status": self.status,
@@ -45,7 +45,13 @@ class SideResult:
         return self
 
 
-def _decompressor(content_encoding: str | None) -> Any:
+class _Decoder(Protocol):
+    """A streaming decoder of a content coding (what `zlib.decompressobj` returns)."""
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+def _decompressor(content_encoding: str | None) -> _Decoder | None:
     enc = (content_encoding or "").strip().lower()
     if enc in ("", "identity"):
         return None
@@ -71,7 +77,7 @@ class SideAssembler:
     first_chunk_at: float | None = None
     _sse_buffer: bytes = b""
     _first_content_at: float | None = None
-    _decoder: Any = None
+    _decoder: _Decoder | None = None
 
     def __post_init__(self) -> None:
         self._decoder = _decompressor(self.content_encoding)
@@ -100,14 +106,8 @@ class SideAssembler:
             line = line.strip()
             if not line.startswith(b"data:"):
                 continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                continue
-            try:
-                event = json.loads(payload)
-            except ValueError:
-                continue
-            if _event_text(event):
+            event = _sse_event(line[5:].strip())
+            if event is not None and _event_text(event):
                 self._first_content_at = now
                 self._sse_buffer = b""
                 return
@@ -178,6 +178,15 @@ def _parse_json(body: bytes, result: SideResult, route: str) -> SideResult:
     return result
 
 
+def _sse_event(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object an SSE `data:` line carries, or None (`[DONE]`, not JSON, not an object)."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
 def _parse_sse(body: bytes, result: SideResult, route: str) -> SideResult:
     parts: list[str] = []
     done = False
@@ -190,30 +199,31 @@ def _parse_sse(body: bytes, result: SideResult, route: str) -> SideResult:
         if payload == b"[DONE]":
             done = True
             continue
-        try:
-            event = json.loads(payload)
-        except ValueError:
+        event = _sse_event(payload)
+        if event is None:
             bad += 1
             continue
-        if not isinstance(event, dict):
-            bad += 1
-            continue
-        if event.get("error"):
-            result.fail("stream_error", _error_message(payload))
-        result.model = event.get("model") or result.model
-        if isinstance(event.get("usage"), dict):
-            result.usage = event["usage"]
-        choices = event.get("choices") or []
-        if choices and isinstance(choices[0], dict):
-            parts.append(_event_text(event))
-            if choices[0].get("finish_reason"):
-                result.finish_reason = choices[0]["finish_reason"]
+        _take_event(event, payload, result, parts)
     result.text = "".join(parts)
     if bad and not parts:
         return result.fail("invalid_response", "stream carried no parseable events")
     if not done and result.finish_reason is None:
         return result.fail("truncated_stream", "stream ended without a finish_reason or [DONE]")
     return result
+
+
+def _take_event(event: dict[str, Any], payload: bytes, result: SideResult, parts: list[str]) -> None:
+    """One stream event into the side: an error, the model, usage, and the first choice's text."""
+    if event.get("error"):
+        result.fail("stream_error", _error_message(payload))
+    result.model = event.get("model") or result.model
+    if isinstance(event.get("usage"), dict):
+        result.usage = event["usage"]
+    choices = event.get("choices") or []
+    if choices and isinstance(choices[0], dict):
+        parts.append(_event_text(event))
+        if choices[0].get("finish_reason"):
+            result.finish_reason = choices[0]["finish_reason"]
 
 
 def length_bucket(chars: int, bounds: list[int]) -> str:
@@ -236,7 +246,7 @@ def build_pair(
     tags: dict[str, str],
     primary: SideResult,
     candidate: SideResult,
-) -> dict[str, Any]:
+) -> PairRecord:
     return {
         "schema": PAIR_SCHEMA,
         "id": pair_id,

@@ -80,3 +80,7 @@ class ClientWatch:
     def stop(self) -> None:
         self._done = True
         self._watcher.cancel()
+
+    def uncancel(self) -> None:
+        """Withdraw the cancellation this watch asked for when the client left (`Task.uncancel`)."""
+        self._task.uncancel()

@@ -15,8 +15,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -25,14 +26,15 @@ from shadowtap.config import Settings
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, length_bucket
 from shadowtap.proxy.redact import Redactor
+from shadowtap.proxy.transport import UpstreamResponse
 from shadowtap.proxy.upstream import Upstream
-from shadowtap.records import rfc3339
+from shadowtap.records import PairRecord, rfc3339
 from shadowtap.request_text import input_chars
 
 log = logging.getLogger("shadowtap.shadow")
 
 MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
-PairHandler = Callable[[dict[str, Any]], None]
+PairHandler = Callable[[PairRecord], None]
 
 
 @dataclass(slots=True, eq=False)
@@ -99,13 +101,34 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def _answer_began(
+    response: UpstreamResponse, job: ShadowJob, result: SideResult, assembler: SideAssembler
+) -> None:
+    """The candidate's response head is in: note its status, and how to read its body for the record."""
+    result.status = response.status
+    content_type = response.header(b"content-type") or b""
+    assembler.streaming = job.stream and content_type.startswith(b"text/event-stream")
+    encoding = response.header(b"content-encoding")
+    if encoding:
+        assembler.set_content_encoding(encoding.decode("latin-1"))  # ValueError for a coding not decoded
+
+
+def _answer_ended(job: ShadowJob, result: SideResult, assembler: SideAssembler) -> None:
+    """The candidate's whole answer is in: parse it into the result."""
+    assembler.finish(result, time.perf_counter(), job.route)
+    if job.stream and not assembler.streaming and result.error is None and result.status == 200:
+        result.fail("invalid_response", "asked to stream but the candidate did not answer with SSE")
+
+
 class ShadowDispatcher:
+    """Decides which requests are mirrored and calls the candidate for them, off the request path."""
+
     def __init__(
         self,
         settings: Settings,
         candidate: Upstream,
         metrics: Metrics,
-        handlers: list[PairHandler],
+        handlers: Sequence[PairHandler],
     ) -> None:
         self.settings = settings
         self.candidate = candidate
@@ -236,7 +259,7 @@ class ShadowDispatcher:
                 if job.primary.done():
                     self._complete(job)
                 else:
-                    job.primary.add_done_callback(lambda _f, job=job: self._complete(job))
+                    job.primary.add_done_callback(partial(self._primary_done, job))
                     # A primary side that never reports back (a bug, a lost task) must not pin the job.
                     limit = self.settings.primary.timeout_s + 5.0
                     asyncio.get_running_loop().call_later(limit, self._expire, job)
@@ -250,6 +273,8 @@ class ShadowDispatcher:
                 self.queue.task_done()
 
     async def call_candidate(self, job: ShadowJob) -> SideResult:
+        """Send the job's request to the candidate and assemble its answer; every failure is the result's
+        `error`, counted by kind."""
         settings = self.settings.candidate
         body = dict(job.body)
         if settings.model:
@@ -257,47 +282,52 @@ class ShadowDispatcher:
         result = SideResult(model=body.get("model"))
         started = time.perf_counter()
         assembler = SideAssembler(streaming=job.stream, started=started)
-        route = job.route
         try:
             async with asyncio.timeout(settings.timeout_s):
                 response = await self.candidate.send(
-                    "POST", route, self._candidate_headers, json.dumps(body).encode()
+                    "POST", job.route, self._candidate_headers, json.dumps(body).encode()
                 )
                 try:
-                    result.status = response.status
-                    content_type = response.header(b"content-type") or b""
-                    assembler.streaming = job.stream and content_type.startswith(b"text/event-stream")
-                    encoding = response.header(b"content-encoding")
-                    if encoding:
-                        assembler.set_content_encoding(encoding.decode("latin-1"))
+                    _answer_began(response, job, result, assembler)
                     async for chunk in response.aiter_raw():
                         assembler.feed(chunk, time.perf_counter())
                 finally:
                     await response.aclose()
                 # Parsing and recording can wait a turn: let user-facing work that is ready run first.
                 await asyncio.sleep(0)
-            assembler.finish(result, time.perf_counter(), route)
-            if job.stream and not assembler.streaming and result.error is None and result.status == 200:
-                result.fail("invalid_response", "asked to stream but the candidate did not answer with SSE")
-        except TimeoutError:
-            result.latency_ms = (time.perf_counter() - started) * 1000.0
-            result.fail("timeout", f"no complete answer within {settings.timeout_s:g}s")
-        except httpx.TimeoutException as exc:
-            result.latency_ms = (time.perf_counter() - started) * 1000.0
+            _answer_ended(job, result, assembler)
+        except (TimeoutError, httpx.HTTPError, ValueError) as exc:
+            self._candidate_failed(exc, job, result, assembler, started)
+        self._count_candidate(job.route, result)
+        return result
+
+    def _candidate_failed(
+        self, exc: Exception, job: ShadowJob, result: SideResult, assembler: SideAssembler, started: float
+    ) -> None:
+        """Record why the candidate gave no (complete) answer; a stream cut short keeps what came."""
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if isinstance(exc, TimeoutError):
+            result.latency_ms = elapsed_ms
+            result.fail("timeout", f"no complete answer within {self.settings.candidate.timeout_s:g}s")
+        elif isinstance(exc, httpx.TimeoutException):
+            result.latency_ms = elapsed_ms
             result.fail("timeout", f"{type(exc).__name__}: {exc}")
-        except httpx.ConnectError as exc:
+        elif isinstance(exc, httpx.ConnectError):
             result.fail("connect", f"{type(exc).__name__}: {exc}")
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            result.latency_ms = (time.perf_counter() - started) * 1000.0
-            result.text = b"".join(assembler.chunks).decode("utf-8", "replace") if not job.stream else None
+        elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            result.latency_ms = elapsed_ms
             if job.stream:
-                assembler.finish(result, time.perf_counter(), route)
+                assembler.finish(result, time.perf_counter(), job.route)
                 result.error = None
+            else:
+                result.text = b"".join(assembler.chunks).decode("utf-8", "replace")
             result.fail("disconnected", f"{type(exc).__name__}: {exc}")
-        except httpx.HTTPError as exc:
+        elif isinstance(exc, httpx.HTTPError):
             result.fail("transport", f"{type(exc).__name__}: {exc}")
-        except ValueError as exc:  # a content coding the record cannot decode
+        else:  # a content coding the record cannot decode
             result.fail("undecodable", str(exc))
+
+    def _count_candidate(self, route: str, result: SideResult) -> None:
         status = "error" if result.status is None else str(result.status)
         self.metrics.requests.labels(route=route, side="candidate", status=status).inc()
         if result.error is not None:
@@ -306,7 +336,9 @@ class ShadowDispatcher:
             self.metrics.latency.labels(route=route, side="candidate").observe(result.latency_ms / 1000.0)
         if result.ttft_ms is not None:
             self.metrics.ttft.labels(route=route, side="candidate").observe(result.ttft_ms / 1000.0)
-        return result
+
+    def _primary_done(self, job: ShadowJob, _primary: asyncio.Future[SideResult]) -> None:
+        self._complete(job)
 
     def _expire(self, job: ShadowJob) -> None:
         if not job.primary.done():

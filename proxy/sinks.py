@@ -11,6 +11,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -29,14 +30,15 @@ class Sink(Protocol):
 
     def start(self) -> None: ...
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: Mapping[str, Any]) -> None:
         """Queue one record for delivery; never blocks, never raises."""
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver (or spill) what is queued, within `timeout` seconds."""
 
 
-def encode_record(record: dict[str, Any]) -> bytes:
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One record as compact UTF-8 JSON (a line of a JSONL file, a Kafka message's value)."""
     text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")
@@ -61,7 +63,7 @@ class ThreadedSink:
             self._thread = threading.Thread(target=self._run, name=f"shadowtap-sink-{self.name}", daemon=True)
             self._thread.start()
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: Mapping[str, Any]) -> None:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
@@ -118,7 +120,7 @@ class ThreadedSink:
                 self.finish()
                 return
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def write(self, records: list[Mapping[str, Any]]) -> None:
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -139,7 +141,7 @@ class JsonlSink(ThreadedSink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("ab")
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def write(self, records: list[Mapping[str, Any]]) -> None:
         self._file.write(b"".join(encode_record(r) + b"\n" for r in records))
         self._file.flush()
         self.metrics.sink_records.labels(sink=self.name, outcome="written").inc(len(records))

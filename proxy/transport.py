@@ -18,8 +18,8 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import cast
 
 import httptools
 import httpx
@@ -30,14 +30,17 @@ _READ_HIGH_WATER = 256 * 1024  # pause reading from the socket while this much b
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection carrying one request at a time."""
 
+    # Set by `connection_made`, which the event loop calls before it hands the connection out.
+    transport: asyncio.Transport
+
     def __init__(self, origin: tuple[bytes, str, int]) -> None:
         self.origin = origin
-        self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0
         # The response in progress.
         self._parser: httptools.HttpResponseParser | None = None
+        self._status = 0
         self._head: asyncio.Future[None] | None = None
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -54,7 +57,8 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream connection's transport (create_connection), whatever the event loop's own class is.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:  # bytes nobody asked for: the connection cannot be trusted any more
@@ -92,7 +96,9 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()  # type: ignore[union-attr]
+        parser = self._parser
+        assert parser is not None  # the parser is the one calling
+        status = self._status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # e.g. 100 Continue: not the answer; the final response follows
             return
@@ -110,7 +116,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
         self._buffered += len(body)
-        if self._buffered > _READ_HIGH_WATER and not self._paused and self.transport is not None:
+        if self._buffered > _READ_HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pause_reading()
         self._wake()
@@ -121,8 +127,10 @@ class _Connection(asyncio.Protocol):
             self._reason = b""
             self._headers = []
             return
+        parser = self._parser
+        assert parser is not None  # the parser is the one calling
         self._complete = True
-        self._keep_alive = self._parser.should_keep_alive()  # type: ignore[union-attr]  (reset once past here)
+        self._keep_alive = parser.should_keep_alive()
         self._wake()
 
     # ------------------------------------------------------------------ used by the transport
@@ -157,7 +165,7 @@ class _Connection(asyncio.Protocol):
                 self._buffered = 0
                 if self._paused and not self.closed:
                     self._paused = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+                    self.transport.resume_reading()
                 return chunk
             if self._error is not None:
                 raise self._error
@@ -177,12 +185,12 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        self.transport.close()
 
     @property
     def status(self) -> int:
-        return self._parser.get_status_code()  # type: ignore[union-attr]
+        """The final response's status code, once its headers are in."""
+        return self._status
 
     @property
     def reason(self) -> bytes:
@@ -330,7 +338,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._idle: dict[tuple[bytes, str, int], list[_Connection]] = {}
         self.open_connections = 0
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = asyncio.Semaphore(max_connections)  # bound to an event loop only on first wait
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -342,7 +350,8 @@ class H1Transport(httpx.AsyncBaseTransport):
                 request.headers.raw,
                 request.content if has_content else None,
                 Timeouts.of(request),
-                stream=None if has_content else request.stream,  # type: ignore[arg-type]
+                # An AsyncClient's request stream is async (httpx refuses to send a sync one from it).
+                stream=None if has_content else cast(AsyncIterable[bytes], request.stream),
             )
         except httpx.TransportError as exc:
             exc.request = request
@@ -362,7 +371,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         timeouts: Timeouts,
         *,
-        stream: AsyncIterator[bytes] | None = None,
+        stream: AsyncIterable[bytes] | None = None,
     ) -> UpstreamResponse:
         """Send one request and return once the response headers are in (`start`, then `response`)."""
         exchange = await self.start(method, url, headers, body, timeouts, stream=stream)
@@ -376,26 +385,17 @@ class H1Transport(httpx.AsyncBaseTransport):
         body: bytes | None,
         timeouts: Timeouts,
         *,
-        stream: AsyncIterator[bytes] | None = None,
+        stream: AsyncIterable[bytes] | None = None,
     ) -> Exchange:
         """Send one request (`headers` as given, plus Host and the body's length when missing); the
         caller then awaits `response()` on what comes back, and must, exactly once. `body` None with a
         `stream` sends the stream chunked. With a pooled connection free this never suspends."""
         if self._closed:
             raise RuntimeError("the transport is closed")
-        scheme = url.raw_scheme
-        if scheme not in (b"http", b"https"):
-            raise httpx.UnsupportedProtocol(f"{scheme.decode()!r} URLs are not supported")
-        origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
-
+        origin = _origin(url)
         slots = self._slots
-        if slots is None:
-            slots = self._slots = asyncio.Semaphore(self.max_connections)
         if slots.locked():
-            try:
-                await asyncio.wait_for(slots.acquire(), timeouts.pool)
-            except TimeoutError:
-                raise httpx.PoolTimeout(f"no connection to {url.host} became free in time") from None
+            await _wait_for_slot(slots, timeouts.pool, url)
         else:
             await slots.acquire()
 
@@ -403,15 +403,10 @@ class H1Transport(httpx.AsyncBaseTransport):
         try:
             conn = self._take_idle(origin) or await self._connect(origin, timeouts.connect)
             head = _head_bytes(method, url, headers, body)
-            write = conn.transport.write  # type: ignore[union-attr]
+            write = conn.transport.write
             conn.begin()
             if body is None:
-                write(head)
-                if stream is not None:
-                    async for chunk in stream:
-                        if chunk:
-                            write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                write(b"0\r\n\r\n")
+                await _write_chunked(write, head, stream)
             elif len(body) < 65536:
                 write(head + body)  # one write, one segment: the server wakes once
             else:
@@ -439,7 +434,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: tuple[bytes, str, int], timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        tls: Any = None
+        tls: ssl.SSLContext | None = None
         if scheme == b"https":
             if self._ssl_context is None:
                 self._ssl_context = httpx.create_ssl_context(verify=True, trust_env=False)
@@ -461,7 +456,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     def _discard(self, conn: _Connection) -> None:
         conn.close()
         self.open_connections -= 1
-        self._slots.release()  # type: ignore[union-attr]
+        self._slots.release()
 
     def _release(self, conn: _Connection) -> None:
         reusable = conn.reusable()
@@ -471,11 +466,11 @@ class H1Transport(httpx.AsyncBaseTransport):
             if len(idle) < self.max_keepalive:
                 conn.idle_since = time.monotonic()
                 idle.append(conn)
-                self._slots.release()  # type: ignore[union-attr]
+                self._slots.release()
                 return
         conn.close()
         self.open_connections -= 1
-        self._slots.release()  # type: ignore[union-attr]
+        self._slots.release()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -484,6 +479,34 @@ class H1Transport(httpx.AsyncBaseTransport):
                 conn.close()
                 self.open_connections -= 1
         self._idle.clear()
+
+
+def _origin(url: httpx.URL) -> tuple[bytes, str, int]:
+    """Where a request goes: (scheme, host, port), the key of the connection pool."""
+    scheme = url.raw_scheme
+    if scheme not in (b"http", b"https"):
+        raise httpx.UnsupportedProtocol(f"{scheme.decode()!r} URLs are not supported")
+    return (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
+
+
+async def _wait_for_slot(slots: asyncio.Semaphore, timeout: float | None, url: httpx.URL) -> None:
+    """Wait (at most `timeout` seconds) for a connection slot while all of them are in use."""
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout)
+    except TimeoutError:
+        raise httpx.PoolTimeout(f"no connection to {url.host} became free in time") from None
+
+
+async def _write_chunked(
+    write: Callable[[bytes], None], head: bytes, stream: AsyncIterable[bytes] | None
+) -> None:
+    """The head, then the body as it comes, in chunked transfer coding (no stream: an empty body)."""
+    write(head)
+    if stream is not None:
+        async for chunk in stream:
+            if chunk:
+                write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    write(b"0\r\n\r\n")
 
 
 def _head_bytes(method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes | None) -> bytes:
