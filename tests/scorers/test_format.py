@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from shadowtap.records import validate_score
+from shadowtap.records import PairRecord, validate_score
 from shadowtap.scorers import format as format_scorer
 from shadowtap.scorers.base import Scorer
 from shadowtap.scorers.format import FormatScorer
+from shadowtap.testing.pairs import make_pair
 
 CHAT = [{"role": "user", "content": "Extract the order."}]
 JSON_OBJECT = {"model": "m", "messages": CHAT, "response_format": {"type": "json_object"}}
@@ -34,43 +35,7 @@ JSON_SCHEMA = {
 PLAIN = {"model": "m", "messages": CHAT}
 
 
-def make_pair(
-    request: dict[str, Any],
-    primary_text: str | None,
-    candidate_text: str | None,
-    tags: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    def side(text: str | None) -> dict[str, Any]:
-        error = None if text is not None else {"kind": "http_5xx", "message": "upstream failed"}
-        return {
-            "model": "m",
-            "status": 200 if text is not None else 502,
-            "latency_ms": 10.0,
-            "ttft_ms": None,
-            "text": text,
-            "finish_reason": "stop",
-            "usage": None,
-            "error": error,
-        }
-
-    return {
-        "schema": "shadowtap.pair/v1",
-        "id": "pair-1",
-        "ts": "2025-01-01T00:00:00.000Z",
-        "route": "/v1/chat/completions",
-        "request": request,
-        "tags": {
-            "route": "/v1/chat/completions",
-            "segment": "none",
-            "length_bucket": "0-500",
-            **(tags or {}),
-        },
-        "primary": side(primary_text),
-        "candidate": side(candidate_text),
-    }
-
-
-async def scores_by_side(scorer: FormatScorer, pair: dict[str, Any]) -> dict[str, Any]:
+async def scores_by_side(scorer: FormatScorer, pair: PairRecord) -> dict[str, Any]:
     scores = await scorer.score(pair)
     for s in scores:
         assert s.outcome in scorer.outcomes
@@ -83,7 +48,7 @@ def test_format_scorer_is_a_scorer() -> None:
 
 
 async def test_json_object_requested_valid_passes_and_prose_fails_as_not_json() -> None:
-    pair = make_pair(JSON_OBJECT, '{"order_id": "A1"}', "Sure! The order id is A1.")
+    pair = make_pair('{"order_id": "A1"}', "Sure! The order id is A1.", request=JSON_OBJECT)
 
     by_side = await scores_by_side(FormatScorer(), pair)
 
@@ -93,7 +58,7 @@ async def test_json_object_requested_valid_passes_and_prose_fails_as_not_json() 
 
 
 async def test_json_object_requested_but_an_array_came_back_is_not_json() -> None:
-    by_side = await scores_by_side(FormatScorer(), make_pair(JSON_OBJECT, "[1, 2]", '{"a": 1}'))
+    by_side = await scores_by_side(FormatScorer(), make_pair("[1, 2]", '{"a": 1}', request=JSON_OBJECT))
 
     assert by_side["primary"].detail["reason"] == "not_json"
     assert by_side["candidate"].outcome == "pass"
@@ -103,7 +68,7 @@ async def test_schema_violation_names_the_first_error_and_where_it_is() -> None:
     good = json.dumps({"order_id": "A1", "items": [{"sku": "x", "qty": 1}]})
     bad = json.dumps({"order_id": "A1", "items": [{"sku": "x"}]})
 
-    by_side = await scores_by_side(FormatScorer(), make_pair(JSON_SCHEMA, good, bad))
+    by_side = await scores_by_side(FormatScorer(), make_pair(good, bad, request=JSON_SCHEMA))
 
     assert by_side["primary"].outcome == "pass"
     failed = by_side["candidate"]
@@ -116,7 +81,7 @@ async def test_schema_violation_names_the_first_error_and_where_it_is() -> None:
 
 async def test_fenced_json_fails_when_strict_and_passes_when_allowed_saying_it_was_fenced() -> None:
     fenced = '```json\n{"order_id": "A1", "items": []}\n```'
-    pair = make_pair(JSON_SCHEMA, fenced, '{"order_id": "A1", "items": []}')
+    pair = make_pair(fenced, '{"order_id": "A1", "items": []}', request=JSON_SCHEMA)
 
     strict = await scores_by_side(FormatScorer(), pair)
     lenient = await scores_by_side(FormatScorer({"allow_code_fence": True}), pair)
@@ -130,7 +95,7 @@ async def test_fenced_json_fails_when_strict_and_passes_when_allowed_saying_it_w
 
 
 async def test_fenced_json_that_breaks_the_schema_still_fails_when_fences_are_allowed() -> None:
-    pair = make_pair(JSON_SCHEMA, '```\n{"order_id": 7}\n```', None)
+    pair = make_pair('```\n{"order_id": 7}\n```', None, request=JSON_SCHEMA)
 
     by_side = await scores_by_side(FormatScorer({"allow_code_fence": True}), pair)
 
@@ -142,7 +107,7 @@ async def test_max_words_fails_the_long_answer_only() -> None:
     scorer = FormatScorer({"rules": [{"max_words": 5}]})
 
     by_side = await scores_by_side(
-        scorer, make_pair(PLAIN, "Short and sweet.", "This answer goes on for far too many words.")
+        scorer, make_pair("Short and sweet.", "This answer goes on for far too many words.", request=PLAIN)
     )
 
     assert by_side["primary"].outcome == "pass"
@@ -152,7 +117,7 @@ async def test_max_words_fails_the_long_answer_only() -> None:
 async def test_max_chars_counts_characters() -> None:
     scorer = FormatScorer({"rules": [{"max_chars": 10}]})
 
-    by_side = await scores_by_side(scorer, make_pair(PLAIN, "0123456789", "0123456789!"))
+    by_side = await scores_by_side(scorer, make_pair("0123456789", "0123456789!", request=PLAIN))
 
     assert by_side["primary"].outcome == "pass"
     assert by_side["candidate"].detail["reason"] == "too_long"
@@ -160,10 +125,10 @@ async def test_max_chars_counts_characters() -> None:
 
 async def test_patterns_required_and_forbidden() -> None:
     scorer = FormatScorer({"rules": [{"must_match": r"Ticket #\d+", "must_not_match": r"(?i)as an ai"}]})
-    pair = make_pair(PLAIN, "Opened Ticket #42 for you.", "As an AI, I cannot open Ticket #42.")
+    pair = make_pair("Opened Ticket #42 for you.", "As an AI, I cannot open Ticket #42.", request=PLAIN)
 
     by_side = await scores_by_side(scorer, pair)
-    missing = await scores_by_side(scorer, make_pair(PLAIN, "I opened a ticket.", None))
+    missing = await scores_by_side(scorer, make_pair("I opened a ticket.", None, request=PLAIN))
 
     assert by_side["primary"].outcome == "pass"
     assert by_side["candidate"].detail["reason"] == "pattern_forbidden"
@@ -173,18 +138,20 @@ async def test_patterns_required_and_forbidden() -> None:
 async def test_checks_run_in_order_and_the_first_failure_is_the_reason() -> None:
     scorer = FormatScorer({"rules": [{"json": True, "max_words": 1, "must_match": "zzz"}]})
 
-    by_side = await scores_by_side(scorer, make_pair(PLAIN, '{"a": "one two three"}', "not json and long"))
+    by_side = await scores_by_side(
+        scorer, make_pair('{"a": "one two three"}', "not json and long", request=PLAIN)
+    )
 
     assert by_side["primary"].detail["reason"] == "too_long"
     assert by_side["candidate"].detail["reason"] == "not_json"
 
 
 async def test_nothing_expected_gives_no_score() -> None:
-    assert await FormatScorer().score(make_pair(PLAIN, "Hello", "Hi there")) == []
+    assert await FormatScorer().score(make_pair("Hello", "Hi there", request=PLAIN)) == []
 
 
 async def test_a_side_without_text_gets_no_score() -> None:
-    by_side = await scores_by_side(FormatScorer(), make_pair(JSON_OBJECT, '{"a": 1}', None))
+    by_side = await scores_by_side(FormatScorer(), make_pair('{"a": 1}', None, request=JSON_OBJECT))
 
     assert set(by_side) == {"primary"}
 
@@ -202,8 +169,10 @@ async def test_rules_apply_only_to_their_segment_and_route(tmp_path: Path) -> No
     )
     answers = ('{"ticket": 1}', '{"other": 1}')
 
-    extraction = await scores_by_side(scorer, make_pair(PLAIN, *answers, tags={"segment": "extraction"}))
-    chat = await scorer.score(make_pair(PLAIN, *answers, tags={"segment": "chat"}))
+    extraction = await scores_by_side(
+        scorer, make_pair(answers[0], answers[1], request=PLAIN, tags={"segment": "extraction"})
+    )
+    chat = await scorer.score(make_pair(answers[0], answers[1], request=PLAIN, tags={"segment": "chat"}))
 
     assert extraction["primary"].outcome == "pass"
     assert extraction["candidate"].detail["reason"] == "schema_violation"
@@ -215,7 +184,7 @@ async def test_the_requests_own_schema_wins_over_a_configured_one() -> None:
     scorer = FormatScorer({"rules": [{"schema": {"type": "object", "required": ["ticket"]}}]})
     answer = json.dumps({"order_id": "A1", "items": []})
 
-    by_side = await scores_by_side(scorer, make_pair(JSON_SCHEMA, answer, None))
+    by_side = await scores_by_side(scorer, make_pair(answer, None, request=JSON_SCHEMA))
 
     assert by_side["primary"].outcome == "pass"
 
@@ -229,7 +198,7 @@ async def test_a_schema_with_a_remote_ref_is_not_fetched_and_does_not_fail_the_a
         },
     }
 
-    by_side = await scores_by_side(FormatScorer(), make_pair(request, '{"a": 1}', "nope"))
+    by_side = await scores_by_side(FormatScorer(), make_pair('{"a": 1}', "nope", request=request))
 
     assert by_side["primary"].outcome == "pass"
     assert by_side["primary"].detail["schema_unusable"] is True
@@ -240,7 +209,7 @@ async def test_many_pairs_with_the_same_schema_reuse_one_validator() -> None:
     format_scorer._validator.cache_clear()
     scorer = FormatScorer()
     for i in range(50):
-        await scorer.score(make_pair(JSON_SCHEMA, json.dumps({"order_id": str(i), "items": []}), "x"))
+        await scorer.score(make_pair(json.dumps({"order_id": str(i), "items": []}), "x", request=JSON_SCHEMA))
 
     assert format_scorer._validator.cache_info().misses == 1
 

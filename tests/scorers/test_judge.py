@@ -21,11 +21,14 @@ from starlette.routing import Route
 
 from shadowtap.errors import JudgeError, MalformedVerdict
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import validate_score
+from shadowtap.records import PairRecord, validate_score
 from shadowtap.scorers.base import Scorer
 from shadowtap.scorers.judge import JudgeScorer
+from shadowtap.testing.pairs import make_pair
 
 CHAT = [{"role": "user", "content": "How do I reset my router?"}]
+REQUEST = {"model": "prod", "messages": CHAT}
+BILLING = {"segment": "billing"}
 SHORT = "Unplug it."
 LONG = "Unplug the router, wait ten seconds, plug it back in and wait for the lights to settle."
 PROMPT_TOKENS, COMPLETION_TOKENS = 120, 15
@@ -146,44 +149,7 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def make_pair(
-    request: dict[str, Any] | None,
-    primary_text: str | None,
-    candidate_text: str | None,
-    tags: dict[str, str] | None = None,
-    pair_id: str = "pair-1",
-) -> dict[str, Any]:
-    def side(text: str | None) -> dict[str, Any]:
-        error = None if text is not None else {"kind": "timeout", "message": "no answer"}
-        return {
-            "model": "m",
-            "status": 200 if text is not None else None,
-            "latency_ms": 10.0,
-            "ttft_ms": None,
-            "text": text,
-            "finish_reason": "stop" if text is not None else None,
-            "usage": None,
-            "error": error,
-        }
-
-    return {
-        "schema": "shadowtap.pair/v1",
-        "id": pair_id,
-        "ts": "2025-01-01T00:00:00.000Z",
-        "route": "/v1/chat/completions",
-        "request": request if request is not None else {"model": "prod", "messages": CHAT},
-        "tags": {
-            "route": "/v1/chat/completions",
-            "segment": "billing",
-            "length_bucket": "0-500",
-            **(tags or {}),
-        },
-        "primary": side(primary_text),
-        "candidate": side(candidate_text),
-    }
-
-
-async def judged(scorer: JudgeScorer, pair: dict[str, Any]) -> Any:
+async def judged(scorer: JudgeScorer, pair: PairRecord) -> Any:
     [score] = await scorer.score(pair)
     assert score.outcome in scorer.outcomes
     validate_score(score.to_record(pair))
@@ -199,7 +165,7 @@ async def test_a_judge_that_always_prefers_the_first_answer_shown_gives_an_incon
 ) -> None:
     judge.policy = lambda body: verdict("A", "A is better")
 
-    score = await judged(make_scorer(), make_pair(None, SHORT, LONG))
+    score = await judged(make_scorer(), make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     assert score.outcome == "tie" and score.value == 0.0
     assert score.detail["position_inconsistent"] is True
@@ -217,8 +183,8 @@ async def test_a_judge_that_prefers_the_longer_answer_is_consistent_and_the_leng
     judge.policy = longer
     scorer = make_scorer()
 
-    candidate_longer = await judged(scorer, make_pair(None, SHORT, LONG))
-    primary_longer = await judged(scorer, make_pair(None, LONG, SHORT))
+    candidate_longer = await judged(scorer, make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
+    primary_longer = await judged(scorer, make_pair(LONG, SHORT, request=REQUEST, tags=BILLING))
 
     assert candidate_longer.outcome == "candidate_win" and candidate_longer.value == 1.0
     assert candidate_longer.detail["position_inconsistent"] is False
@@ -239,7 +205,9 @@ async def test_both_orders_are_asked_with_the_answers_swapped(
 
     judge.policy = prefers_candidate
 
-    score = await judged(make_scorer(), make_pair(None, primary_text, candidate_text))
+    score = await judged(
+        make_scorer(), make_pair(primary_text, candidate_text, request=REQUEST, tags=BILLING)
+    )
 
     assert score.outcome == "candidate_win"
     assert score.detail["verdicts"] == [
@@ -270,7 +238,7 @@ async def test_a_malformed_verdict_is_corrected_once_and_the_corrected_verdict_h
 
     judge.policy = malformed_at_first
 
-    score = await judged(make_scorer(), make_pair(None, SHORT, LONG))
+    score = await judged(make_scorer(), make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     assert score.outcome == "candidate_win"
     assert len(judge.received) == 3
@@ -287,7 +255,7 @@ async def test_a_judge_that_never_gives_a_valid_verdict_makes_score_raise(
     judge.policy = lambda body: (200, json.dumps({"winner": "C"}), {})
 
     with pytest.raises(MalformedVerdict):
-        await make_scorer().score(make_pair(None, SHORT, LONG))
+        await make_scorer().score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     assert metric(registry, "shadowtap_judge_calls_total", outcome="malformed") >= 2
     assert metric(registry, "shadowtap_judge_calls_total", outcome="ok") == 0
@@ -306,7 +274,7 @@ async def test_a_rate_limited_call_is_retried_after_the_delay_the_judge_asks_for
 
     judge.policy = limited_once
 
-    score = await judged(make_scorer(), make_pair(None, SHORT, LONG))
+    score = await judged(make_scorer(), make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     assert score.outcome == "tie"
     assert len(judge.received) == 3
@@ -320,7 +288,7 @@ async def test_a_judge_that_keeps_failing_raises_after_the_configured_retries(
     judge.policy = lambda body: (503, "overloaded", {})
 
     with pytest.raises(JudgeError):
-        await make_scorer(max_retries=2).score(make_pair(None, SHORT, LONG))
+        await make_scorer(max_retries=2).score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     assert len(judge.received) <= 6
     assert metric(registry, "shadowtap_judge_calls_total", outcome="error") >= 3
@@ -332,7 +300,7 @@ async def test_a_request_the_judge_refuses_is_not_retried(
     judge.policy = lambda body: (400, "bad request", {})
 
     with pytest.raises(JudgeError, match="HTTP 400"):
-        await make_scorer(max_retries=3).score(make_pair(None, SHORT, LONG))
+        await make_scorer(max_retries=3).score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     assert len(judge.received) <= 2
 
@@ -343,8 +311,8 @@ async def test_when_the_token_budget_is_spent_judging_pauses_until_the_window_fr
     now = [1000.0]
     scorer = make_scorer(budget_tokens_per_hour=100, clock=lambda: now[0])
 
-    first = await scorer.score(make_pair(None, SHORT, LONG, pair_id="p1"))
-    second = await scorer.score(make_pair(None, SHORT, LONG, pair_id="p2"))
+    first = await scorer.score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING, pair_id="p1"))
+    second = await scorer.score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING, pair_id="p2"))
 
     assert len(first) == 1 and second == []
     assert len(judge.received) == 2
@@ -352,7 +320,7 @@ async def test_when_the_token_budget_is_spent_judging_pauses_until_the_window_fr
     assert metric(registry, "shadowtap_judge_budget_paused") == 1
 
     now[0] += 3601
-    third = await scorer.score(make_pair(None, SHORT, LONG, pair_id="p3"))
+    third = await scorer.score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING, pair_id="p3"))
 
     assert len(third) == 1
     assert metric(registry, "shadowtap_judge_budget_paused") == 0
@@ -361,7 +329,7 @@ async def test_when_the_token_budget_is_spent_judging_pauses_until_the_window_fr
 async def test_sample_rate_zero_judges_nothing(
     judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer], registry: CollectorRegistry
 ) -> None:
-    assert await make_scorer(sample_rate=0).score(make_pair(None, SHORT, LONG)) == []
+    assert await make_scorer(sample_rate=0).score(make_pair(SHORT, LONG, request=REQUEST, tags=BILLING)) == []
 
     assert judge.received == []
     assert metric(registry, "shadowtap_judge_skipped_total", reason="not_sampled") == 1
@@ -380,7 +348,7 @@ def test_sampling_is_deterministic_by_pair_id(make_scorer: Callable[..., JudgeSc
 async def test_a_pair_with_a_failed_side_is_skipped_as_missing_answer(
     judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer], registry: CollectorRegistry
 ) -> None:
-    assert await make_scorer().score(make_pair(None, SHORT, None)) == []
+    assert await make_scorer().score(make_pair(SHORT, None, request=REQUEST, tags=BILLING)) == []
 
     assert judge.received == []
     assert metric(registry, "shadowtap_judge_skipped_total", reason="missing_answer") == 1
@@ -391,7 +359,7 @@ async def test_tokens_and_cost_are_counted_from_the_reported_usage(
 ) -> None:
     scorer = make_scorer(price_per_1k_prompt_tokens=0.5, price_per_1k_completion_tokens=2.0)
 
-    await judged(scorer, make_pair(None, SHORT, LONG))
+    await judged(scorer, make_pair(SHORT, LONG, request=REQUEST, tags=BILLING))
 
     prompt, completion = 2 * PROMPT_TOKENS, 2 * COMPLETION_TOKENS
     assert metric(registry, "shadowtap_judge_tokens_total", kind="prompt") == prompt
@@ -404,7 +372,9 @@ async def test_tokens_and_cost_are_counted_from_the_reported_usage(
 async def test_very_long_answers_are_cut_before_they_reach_the_judge(
     judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer]
 ) -> None:
-    score = await judged(make_scorer(max_answer_chars=50), make_pair(None, SHORT, "x" * 5000))
+    score = await judged(
+        make_scorer(max_answer_chars=50), make_pair(SHORT, "x" * 5000, request=REQUEST, tags=BILLING)
+    )
 
     for body in judge.received:
         assert len(body["messages"][-1]["content"]) < 5000
@@ -438,7 +408,9 @@ async def test_a_custom_rubric_file_is_used(
         "[The Start of Answer B]\n{{answer_b}}\n[The End of Answer B]\n"
     )
 
-    await judged(make_scorer(rubric_file=str(rubric)), make_pair(None, "{{answer_b}}", LONG))
+    await judged(
+        make_scorer(rubric_file=str(rubric)), make_pair("{{answer_b}}", LONG, request=REQUEST, tags=BILLING)
+    )
 
     prompts = [body["messages"][-1]["content"] for body in judge.received]
     assert all(p.startswith("House rubric.") for p in prompts)
@@ -504,7 +476,7 @@ def test_a_rubric_without_the_placeholders_is_rejected(tmp_path: Path) -> None:
 async def test_identical_answers_are_a_tie_without_asking_the_judge(
     judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer]
 ) -> None:
-    score = await judged(make_scorer(), make_pair(None, SHORT, SHORT + "\n"))
+    score = await judged(make_scorer(), make_pair(SHORT, SHORT + "\n", request=REQUEST, tags=BILLING))
 
     assert score.outcome == "tie" and score.detail["identical"] is True
     assert judge.received == []

@@ -19,7 +19,8 @@ import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from shadowtap.records import validate_pair, validate_score
+from shadowtap.records import PairRecord, validate_pair, validate_score
+from shadowtap.testing.pairs import make_pair, make_side
 from shadowtap.testing.upstreams import Reply
 from tests.conftest import wait_for
 
@@ -135,34 +136,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_pair(i: int, refused: bool) -> dict:
-    side = {
-        "model": "m",
-        "status": 200,
-        "latency_ms": 100.0,
-        "ttft_ms": None,
-        "finish_reason": "stop",
-        "usage": None,
-        "error": None,
-    }
-    return {
-        "schema": "shadowtap.pair/v1",
-        "id": f"pair-{i:05d}-{uuid.uuid4().hex[:6]}",
-        "ts": "2026-11-22T10:00:00.000Z",
-        "route": "/v1/chat/completions",
-        "stream": False,
-        "request": {"model": "m", "messages": [{"role": "user", "content": f"Question {i} about my bill"}]},
-        "tags": {"route": "/v1/chat/completions", "segment": "billing", "length_bucket": "0-500"},
-        "primary": dict(side, text=f"Your bill number {i} is attached."),
-        "candidate": dict(
-            side,
-            text="I'm sorry, but I can't help with that." if refused else f"Bill {i} is attached.",
-            latency_ms=150.0,
-        ),
-    }
+def billing_pair(i: int, refused: bool) -> PairRecord:
+    """Pair `i` of a billing conversation; the candidate refuses it when `refused`."""
+    candidate_text = "I'm sorry, but I can't help with that." if refused else f"Bill {i} is attached."
+    return make_pair(
+        pair_id=f"pair-{i:05d}-{uuid.uuid4().hex[:6]}",
+        ts="2026-11-22T10:00:00.000Z",
+        prompt=f"Question {i} about my bill",
+        tags={"segment": "billing"},
+        primary=make_side(f"Your bill number {i} is attached.", latency_ms=100.0),
+        candidate=make_side(candidate_text, latency_ms=150.0),
+    )
 
 
-def produce(bootstrap: str, topic: str, pairs: list[dict]) -> None:
+def produce(bootstrap: str, topic: str, pairs: list[PairRecord]) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     for pair in pairs:
         producer.send(topic, key=pair["id"].encode(), value=json.dumps(pair).encode())
@@ -304,7 +291,7 @@ def test_traffic_through_the_proxy_is_scored_by_the_worker_per_side_and_segment(
 
 def test_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(kafka, worker_config, tmp_path):
     config, names = worker_config(judge_delay_s=0.05)
-    pairs = [make_pair(i, refused=False) for i in range(300)]
+    pairs = [billing_pair(i, refused=False) for i in range(300)]
     produce(kafka.bootstrap, names["topic"], pairs)
     log = tmp_path / "w.log"
     worker = Worker(config, "slot-0", log)
@@ -342,7 +329,7 @@ def test_two_workers_in_one_group_split_the_partitions(kafka, worker_config, tmp
             return sum(assigned) == 4 and all(a > 0 for a in assigned)
 
         wait_for(split, 60, what="both workers to share the 4 partitions")
-        produce(kafka.bootstrap, names["topic"], [make_pair(i, refused=False) for i in range(200)])
+        produce(kafka.bootstrap, names["topic"], [billing_pair(i, refused=False) for i in range(200)])
         rows = consume(kafka.bootstrap, names["scores_topic"], expected=200 * 5, timeout=120)
         counts = [w.metric("shadowtap_pairs_scored_total", source="kafka") for w in workers]
     finally:
