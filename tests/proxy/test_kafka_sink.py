@@ -16,7 +16,6 @@ import pytest
 from shadowtap.config import KafkaSettings
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.kafka import KafkaSink
-from shadowtap.proxy.spill import SpillFile
 from shadowtap.testing.kafka import read_all, read_messages
 from tests.conftest import wait_for
 
@@ -256,27 +255,3 @@ def test_close_returns_within_its_timeout_with_the_broker_down_and_keeps_every_r
     assert count("spilled") == 200
     assert count("dropped") == 0
     assert len(spill.read_bytes().splitlines()) == 200
-
-
-def test_spill_file_keeps_undelivered_records_across_a_crash(tmp_path):
-    path = tmp_path / "spill.jsonl"
-    spill = SpillFile(path, max_bytes=10_000)
-    lines = [json.dumps({"id": str(n)}).encode() for n in range(10)]
-    assert spill.append(lines) == 10
-    oldest = spill.oldest(max_records=4)
-    assert [line for _, line in oldest] == lines[:4]
-    spill.discard([oldest[0], oldest[2]])  # delivered; 1 and 3 failed and stay
-    with path.open("ab") as f:
-        f.write(b'{"id": "half-writ')  # the process died in the middle of an append
-
-    reopened = SpillFile(path, max_bytes=10_000)
-    remaining = [line for _, line in reopened.oldest(max_records=100)]
-    assert remaining == [lines[1], *lines[3:]]
-    assert reopened.pending_bytes == sum(len(line) + 1 for line in remaining)
-
-    # Room taken by delivered records is reclaimed when new ones need it.
-    full = SpillFile(path, max_bytes=reopened.size + 10)
-    assert full.append([b'{"id": "new"}']) == 1
-    assert [line for _, line in full.oldest(max_records=100)] == [*remaining, b'{"id": "new"}']
-    full.discard(full.oldest(max_records=100))
-    assert path.stat().st_size == 0 and full.pending_bytes == 0
