@@ -40,11 +40,12 @@ def make_sink(settings: Settings, metrics: Metrics) -> Sink:
 def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metrics, Sink]:
     """The ASGI app with its sink (and, in the embedded default, in-process scoring) wired in."""
     metrics = metrics or Metrics()
+    # Scorers first: a bad scorer setting fails here, before the sink has opened anything.
+    scoring = _embedded_scoring(settings, metrics)
     sink = make_sink(settings, metrics)
     handlers: list[Callable[[PairRecord], None]] = [sink.submit]
     on_startup: list[Callable[[], Any]] = [sink.start]
     on_shutdown: list[Callable[[], Any]] = [lambda: sink.close(settings.server.shutdown_grace_s)]
-    scoring = _embedded_scoring(settings, metrics)
     if scoring is not None:
         handlers.append(scoring.submit)
         on_startup.insert(0, scoring.start_soon)

@@ -58,6 +58,20 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path):
         ("shadow:\n  sample_key: cookie:x\n", {}, "shadow.sample_key"),
         ("- just\n- a list\n", {}, "top level must be a mapping"),
         ("primary:\n  ca_file: /nonexistent/ca.pem\n", {}, "primary.ca_file: no such file"),
+        ("sentinel:\n  sizee: 100\n", {}, "sentinel.sizee: unknown key"),
+        ("sentinel:\n  alpha: 2\n", {}, "sentinel.alpha: Input should be less than 1 (got 2)"),
+        ("scoring:\n  batch_sise: 10\n", {}, "scoring.batch_sise: unknown key"),
+        (
+            "scoring:\n  scorers:\n    format: 3\n",
+            {},
+            "scoring.scorers.format: must be the scorer's settings",
+        ),
+        (
+            "",
+            {"SHADOWTAP_SCORING_BATCH_SISE": "10"},
+            "SHADOWTAP_SCORING_BATCH_SISE: no such configuration key",
+        ),
+        ("", {"SHADOWTAP_SENTINEL_SIZEE": "10"}, "SHADOWTAP_SENTINEL_SIZEE: no such configuration key"),
     ],
 )
 def test_bad_configuration_names_the_key_and_the_problem(tmp_path: Path, yaml_text, environ, message):
@@ -66,6 +80,56 @@ def test_bad_configuration_names_the_key_and_the_problem(tmp_path: Path, yaml_te
     with pytest.raises(ConfigError) as excinfo:
         load_settings(config, environ=environ)
     assert message in str(excinfo.value)
+
+
+def test_the_scoring_and_sentinel_sections_come_typed_from_file_environment_and_flags(tmp_path: Path):
+    config = tmp_path / "shadowtap.yaml"
+    config.write_text(
+        "scoring:\n  batch_size: 10\n  scorers:\n    format: {}\n    latency: false\n"
+        "sentinel:\n  size: 40\n  pushgateway: http://file:9091\n"
+    )
+
+    settings = load_settings(
+        config,
+        environ={
+            "SHADOWTAP_SCORING_BATCH_SIZE": "20",
+            "SHADOWTAP_SCORING_ENABLED": "false",
+            "SHADOWTAP_SENTINEL_PUSHGATEWAY": "http://env:9091",
+            "SHADOWTAP_SENTINEL_REVIEW_QUEUE": "/sets/review.jsonl",
+            # A plug-in's own variable (the judge's key) is not a configuration key, and is not an error.
+            "SHADOWTAP_JUDGE_API_KEY": "sk-judge",
+        },
+        overrides={"sentinel": {"size": 60}},
+    )
+
+    assert settings.scoring.batch_size == 20
+    assert settings.scoring.enabled is False
+    assert settings.scoring.scorers == {"format": {}, "latency": False}
+    assert settings.sentinel.size == 60
+    assert settings.sentinel.pushgateway == "http://env:9091"
+    assert settings.sentinel.review_queue == "/sets/review.jsonl"
+
+
+def test_serve_with_a_typo_under_scoring_fails_at_start_up_naming_the_key(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text("scoring:\n  enabeld: false\n")
+    result = CliRunner().invoke(
+        main, ["serve", "--primary", "http://127.0.0.1:1/v1", "--config", str(config)], env={}
+    )
+    assert result.exit_code == 1
+    assert "scoring.enabeld: unknown key" in result.output
+
+
+def test_serve_with_a_bad_scorer_setting_fails_at_start_up_naming_the_key(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"sink:\n  data_dir: {tmp_path / 'data'}\nscoring:\n  scorers:\n    latency:\n      tolerence: 0.2\n"
+    )
+    result = CliRunner().invoke(
+        main, ["serve", "--primary", "http://127.0.0.1:1/v1", "--config", str(config)], env={}
+    )
+    assert result.exit_code == 1
+    assert "scoring.scorers.latency.tolerence: unknown key" in result.output
 
 
 def test_serve_without_a_primary_is_a_usage_error():
