@@ -177,6 +177,12 @@ class _Connection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
+    def end_without_body(self) -> None:
+        """A response to HEAD: the parser cannot be told it has no body, so it ends here, and the
+        connection is not reused."""
+        self._complete = True
+        self._until_close = True
+
     def reusable(self) -> bool:
         return self._complete and self._keep_alive and not self.closed and not self._until_close
 
@@ -300,9 +306,8 @@ class Exchange:
         except BaseException:
             self._transport._discard(conn)
             raise
-        if self._head_only:  # the parser cannot be told a HEAD response has no body: do not reuse
-            conn._complete = True
-            conn._until_close = True
+        if self._head_only:
+            conn.end_without_body()
         return UpstreamResponse(self._transport, conn, self._read_timeout)
 
 
