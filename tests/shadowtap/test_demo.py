@@ -231,3 +231,4 @@ def test_keep_running_leaves_metrics_up_until_ctrl_c(tmp_path: Path):
         if process.poll() is None:
             process.kill()
             process.wait()
+        process.stdout.close()
