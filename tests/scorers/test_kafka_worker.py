@@ -160,6 +160,7 @@ def produce(bootstrap: str, topic: str, pairs: list[PairRecord]) -> None:
 class Worker:
     def __init__(self, config: Path, worker_id: str, log: Path) -> None:
         self.port = free_port()
+        self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -173,7 +174,7 @@ class Worker:
                 "--metrics-port",
                 str(self.port),
             ],
-            stdout=log.open("ab"),
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
         )
@@ -197,6 +198,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._log.close()
 
 
 @pytest.fixture
