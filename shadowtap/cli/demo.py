@@ -40,7 +40,7 @@ def demo_command(
 ) -> None:
     """Run the whole pipeline on this machine with SIMULATED models and print what it finds."""
     started = time.perf_counter()
-    from shadowtap.demo.run import DemoOptions, run_demo
+    from shadowtap.demo import DemoOptions, run_demo
     from shadowtap.errors import DemoError
 
     options = DemoOptions(
@@ -75,9 +75,7 @@ def demo_command(
 )
 def report_command(data_dir: Path, html_path: Path | None) -> None:
     """Report what the candidate does differently from the primary in a recorded run."""
-    from shadowtap.report.html import write_html
-    from shadowtap.report.model import build_report
-    from shadowtap.report.text import print_report
+    from shadowtap.report import build_report, print_report, write_html
 
     if not (data_dir / "pairs.jsonl").exists():
         raise click.ClickException(f"{data_dir} has no pairs.jsonl: not a shadowtap data directory")

@@ -26,23 +26,19 @@ from rich.table import Table
 
 from shadowtap.cli.server import build
 from shadowtap.config import Settings, load_settings
-from shadowtap.demo.workload import (
+from shadowtap.demo.scripted import (
     CANDIDATE_BILLING_REFUSAL_RATE,
     CANDIDATE_SCHEMA_BREAK_RATE,
-    ORDER_SCHEMA,
-    SEGMENTS,
-    WorkItem,
-    build_workload,
     candidate_policy,
     judge_policy,
     primary_policy,
 )
+from shadowtap.demo.workload import ORDER_SCHEMA, SEGMENTS, WorkItem, build_workload
 from shadowtap.errors import DemoError
 from shadowtap.metrics import Metrics
-from shadowtap.report.html import write_html
-from shadowtap.report.model import DEMO_MARKER, RECORD_FILES, build_report
-from shadowtap.report.text import print_report
-from shadowtap.testing.upstreams import ServerHandle, SimulatedLLM, serve_in_thread
+from shadowtap.report import build_report, print_report, write_html
+from shadowtap.report.model import DEMO_MARKER, RECORD_FILES
+from shadowtap.testing import ServerHandle, SimulatedLLM, serve_in_thread
 
 PRIMARY_MODEL = "sim-primary"
 CANDIDATE_MODEL = "sim-candidate"

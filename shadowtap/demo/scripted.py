@@ -1,0 +1,225 @@
+"""The demo's scripted models, all SIMULATED: the primary gives each request the answer a good model
+gives; the candidate gives it with the planted differences the scorers should find; the judge compares
+two answers by their content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from typing import Any
+
+import jsonschema
+
+from shadowtap.demo.workload import WorkItem
+from shadowtap.request_text import last_user_text
+from shadowtap.testing import Policy, Reply, default_policy
+
+__all__ = [
+    "CANDIDATE_BILLING_REFUSAL_RATE",
+    "CANDIDATE_SCHEMA_BREAK_RATE",
+    "candidate_policy",
+    "judge_policy",
+    "judge_verdict",
+    "primary_policy",
+]
+
+# What the candidate gets wrong, and on what share of the segment's requests (chosen by a hash of the
+# request text, so that every run with the same seed plants the same faults).
+CANDIDATE_BILLING_REFUSAL_RATE = 0.30
+CANDIDATE_SCHEMA_BREAK_RATE = 0.25
+
+
+def _fraction(seed: int, text: str, purpose: str) -> float:
+    """A stable number in [0, 1) for this text: the same request always gets the same treatment."""
+    digest = hashlib.sha256(f"{seed}|{purpose}|{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _index(items: list[WorkItem]) -> dict[str, WorkItem]:
+    return {item.question: item for item in items}
+
+
+def _planted(items: list[WorkItem], segment: str, share: float, seed: int, purpose: str) -> frozenset[str]:
+    """The questions of `segment` that get a planted fault: `share` of its requests, chosen by hash."""
+    counts = Counter(item.question for item in items if item.segment == segment)
+    wanted = round(sum(counts.values()) * share)
+    chosen: set[str] = set()
+    taken = 0
+    for question in sorted(counts, key=lambda q: _fraction(seed, q, purpose)):
+        if taken >= wanted:
+            break
+        chosen.add(question)
+        taken += counts[question]
+    return frozenset(chosen)
+
+
+_OPENERS = (
+    "Thanks for reaching out! I'd be happy to help with that. ",
+    "Great question, and thanks for getting in touch. Let me walk you through it. ",
+    "Thank you for contacting Northwind support! Here's what's going on. ",
+)
+_CLOSERS = (
+    " I hope this helps! If you have any other questions about your account, don't hesitate to ask.",
+    " Please let me know if there's anything else I can help you with today; I'm always happy to help.",
+    " I hope that clears things up. Have a wonderful day, and thank you for being a Northwind customer!",
+)
+_BILLING_REFUSALS = (
+    "I'm sorry, but I can't help with questions about charges or payments. Please contact the billing "
+    "department through the Northwind website, where a specialist will be able to look into this for you.",
+    "I'm sorry, but I'm not able to discuss billing matters or make changes to payments. For anything "
+    "related to invoices, refunds or charges, please reach out to our billing team directly.",
+)
+
+
+def _broken_extraction(facts: dict[str, Any], pick: float) -> str:
+    """The candidate's planted schema breaks: the kinds a weaker model makes on structured output."""
+    doc = json.loads(json.dumps(facts))
+    if pick < 0.3:
+        for item in doc["items"]:
+            item["quantity"] = str(item["quantity"])
+    elif pick < 0.5:
+        doc["action"] = {"refund": "return", "exchange": "swap", "cancel": "cancellation"}.get(
+            doc["action"], "other"
+        )
+    elif pick < 0.7:
+        del doc["urgent"]
+    elif pick < 0.85:
+        doc["notes"] = "Customer seems frustrated; consider a goodwill gesture."
+    else:
+        return "Here is the extracted information from the email:\n\n" + json.dumps(doc, indent=2)
+    return json.dumps(doc, indent=2)
+
+
+def primary_policy(items: list[WorkItem], seed: int) -> Policy:
+    """The production model: answers every request well, quickly."""
+    index = _index(items)
+
+    def policy(route: str, body: dict[str, Any]) -> Reply:
+        item = index.get(last_user_text(body))
+        if item is None:
+            return default_policy(route, body)
+        r = _fraction(seed, item.question, "primary-speed")
+        return Reply(text=item.answer, ttft_s=0.08 + 0.12 * r, token_delay_s=0.004)
+
+    return policy
+
+
+def _out_of_scope_decline(facts: dict[str, Any]) -> str:
+    """The candidate's longer way of declining an off-topic request."""
+    topic, elsewhere = facts["topic"], facts["elsewhere"]
+    return (
+        f"I'm sorry, but I'm not able to help with {topic}. As Northwind's support assistant, my "
+        "scope is limited to questions about your account, billing, devices and service. I'd "
+        f"recommend {elsewhere} for that. If there's anything related to your Northwind service "
+        "that I can assist with, please let me know!"
+    )
+
+
+def candidate_policy(items: list[WorkItem], seed: int) -> Policy:
+    """The candidate: slower to first token, wordier, and with the planted regressions."""
+    index = _index(items)
+    refused = _planted(items, "billing", CANDIDATE_BILLING_REFUSAL_RATE, seed, "refuse")
+    broken = _planted(items, "extraction", CANDIDATE_SCHEMA_BREAK_RATE, seed, "schema")
+
+    def text_for(item: WorkItem) -> str:
+        q = item.question
+        if item.segment == "extraction":
+            assert item.facts is not None
+            if q in broken:
+                return _broken_extraction(item.facts, _fraction(seed, q, "schema-kind"))
+            return json.dumps(item.facts, indent=2)
+        if item.segment == "out_of_scope":
+            assert item.facts is not None
+            return _out_of_scope_decline(item.facts)
+        if item.segment == "billing" and q in refused:
+            pick = int(_fraction(seed, q, "refusal-text") * len(_BILLING_REFUSALS))
+            return _BILLING_REFUSALS[pick]
+        pick = int(_fraction(seed, q, "padding") * len(_OPENERS))
+        return _OPENERS[pick] + item.answer + _CLOSERS[pick]
+
+    def policy(route: str, body: dict[str, Any]) -> Reply:
+        item = index.get(last_user_text(body))
+        if item is None:
+            return default_policy(route, body)
+        ttft_s = 0.30 + 0.30 * _fraction(seed, item.question, "candidate-speed")
+        return Reply(text=text_for(item), ttft_s=ttft_s, token_delay_s=0.008)
+
+    return policy
+
+
+_SECTION = r"\[The Start of {name}\]\n(?P<body>.*?)\n\[The End of {name}\]"
+_REFUSAL_OPENING = re.compile(
+    r"\A\W*(?:I'?m sorry,? but|I am sorry,? but|sorry,? (?:but )?I|I (?:can(?:no|')t|am unable|'m unable|"
+    r"'m not able|am not able))",
+    re.IGNORECASE,
+)
+_REQUIRED_FORMAT = re.compile(r"\[required response format: (?P<format>.*)\]\s*\Z", re.DOTALL)
+# An answer this many times longer than the other, saying no more, loses on conciseness.
+VERBOSE_RATIO = 2.0
+
+
+def _section(prompt: str, name: str) -> str:
+    found = re.search(_SECTION.format(name=re.escape(name)), prompt, re.DOTALL)
+    return found.group("body") if found else ""
+
+
+def _format_problem(answer: str, fmt: dict[str, Any] | None) -> str | None:
+    if fmt is None:
+        return None
+    try:
+        document = json.loads(answer)
+    except json.JSONDecodeError:
+        return "is not the JSON that was asked for"
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    if schema:
+        error = next(jsonschema.Draft202012Validator(schema).iter_errors(document), None)
+        if error is not None:
+            return f"does not match the required schema ({error.message[:80]})"
+    return None
+
+
+def judge_verdict(prompt: str) -> dict[str, str]:
+    """Which answer serves the request better, decided from the answers' content only."""
+    request = _section(prompt, "Request")
+    answers = {"A": _section(prompt, "Answer A"), "B": _section(prompt, "Answer B")}
+    fmt = None
+    found = _REQUIRED_FORMAT.search(request)
+    if found:
+        try:
+            fmt = json.loads(found.group("format"))
+        except json.JSONDecodeError:
+            fmt = None
+    problems = {label: _format_problem(text, fmt) for label, text in answers.items()}
+    if bool(problems["A"]) != bool(problems["B"]):
+        loser = "A" if problems["A"] else "B"
+        winner = "B" if loser == "A" else "A"
+        return {"winner": winner, "reason": f"Answer {loser} {problems[loser]}; answer {winner} is valid."}
+    refused = {label: bool(_REFUSAL_OPENING.match(text)) for label, text in answers.items()}
+    if refused["A"] != refused["B"]:
+        loser = "A" if refused["A"] else "B"
+        winner = "B" if loser == "A" else "A"
+        return {
+            "winner": winner,
+            "reason": f"Answer {loser} declines a request that answer {winner} handles correctly.",
+        }
+    length = {label: max(1, len(text)) for label, text in answers.items()}
+    longer, shorter = ("A", "B") if length["A"] > length["B"] else ("B", "A")
+    if length[longer] / length[shorter] >= VERBOSE_RATIO:
+        return {"winner": shorter, "reason": f"Both are correct; answer {longer} pads it with filler."}
+    return {"winner": "tie", "reason": "Both answers are equally correct and helpful."}
+
+
+def judge_policy() -> Policy:
+    """A stand-in for an LLM judge: valid format beats invalid, answering beats refusing, concise wins."""
+
+    def policy(route: str, body: dict[str, Any]) -> Reply:
+        messages = body.get("messages") or []
+        prompt = next(
+            (m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"), ""
+        )
+        return Reply(text=json.dumps(judge_verdict(prompt or "")), ttft_s=0.005)
+
+    return policy
