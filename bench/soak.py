@@ -17,19 +17,19 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import REQUEST, RawClient, free_port, pct, start  # noqa: E402
+from _harness import REQUEST, RawClient, free_port, pct, processes, start, start_proxy, start_simulated  # noqa: E402
 
 MAX_SECONDS = 900
 INTERVAL_S = 10.0
@@ -97,87 +97,116 @@ class Interval:
 ERRORS: Counter[str] = Counter()
 
 
-async def soak(proxy_url: str, metrics_url: str, pid: int, rate: float, seconds: float) -> list[dict]:
-    body = json.dumps(REQUEST).encode()
-    client = RawClient(proxy_url)
-    for _ in range(50):  # warm the connection and the proxy's upstream pools
-        await client.request(body, False)
-    rows: list[dict] = []
-    current = Interval()
-    scraper = httpx.AsyncClient(timeout=10)
-    baseline = await scrape(scraper, metrics_url)
-    if baseline is None:
-        raise SystemExit("the proxy's /metrics did not answer")
-    last = baseline
-    rows.append({"t": 0, "rss_mb": rss_mb(pid), "fds": open_fds(pid), **baseline, "n": 0})
-    cpu_before = cpu_seconds(pid)
+class Soak:
+    """An open-loop load at `rate` through the proxy; every INTERVAL_S a row of the proxy's resources, its
+    shadow queue and the user latencies of the interval."""
 
-    async def one(bucket: Interval) -> None:
+    def __init__(self, proxy_url: str, metrics_url: str, pid: int, rate: float, seconds: float) -> None:
+        self.body = json.dumps(REQUEST).encode()
+        self.client = RawClient(proxy_url)
+        self.scraper = httpx.AsyncClient(timeout=10)
+        self.metrics_url = metrics_url
+        self.pid = pid
+        self.rate = rate
+        self.seconds = seconds
+        self.current = Interval()
+        self.rows: list[dict[str, Any]] = []
+        self.last: dict[str, float] = {}
+        self.cpu_before = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> list[dict[str, Any]]:
+        for _ in range(50):  # warm the connection and the proxy's upstream pools
+            await self.client.request(self.body, False)
+        baseline = await scrape(self.scraper, self.metrics_url)
+        if baseline is None:
+            raise SystemExit("the proxy's /metrics did not answer")
+        self.last = baseline
+        self.rows.append({"t": 0, "rss_mb": rss_mb(self.pid), "fds": open_fds(self.pid), **baseline, "n": 0})
+        self.cpu_before = cpu_seconds(self.pid)
+        watcher = asyncio.create_task(self.watch_queue())
         try:
-            bucket.latencies.append(await client.request(body, False))
+            await self.drive()
+        finally:
+            watcher.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=30)
+        self.client.close()
+        await self.scraper.aclose()
+        return self.rows
+
+    async def one(self, bucket: Interval) -> None:
+        try:
+            bucket.latencies.append(await self.client.request(self.body, False))
         except Exception as exc:
             bucket.errors += 1
             ERRORS[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
 
-    async def watch_queue() -> None:
+    async def watch_queue(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            sample = await scrape(scraper, metrics_url)
+            sample = await scrape(self.scraper, self.metrics_url)
             if sample is not None:
-                current.max_queue = max(current.max_queue, sample["queue"])
+                self.current.max_queue = max(self.current.max_queue, sample["queue"])
 
-    watcher = asyncio.create_task(watch_queue())
-    tasks: set[asyncio.Task[None]] = set()
-    interval = 1.0 / rate
-    t0 = time.perf_counter()
-    next_report = t0 + INTERVAL_S
-    i = 0
-    while True:
-        now = time.perf_counter()
-        if now >= next_report:
-            sample = await scrape(scraper, metrics_url)
-            if sample is None:  # an overloaded proxy: keep the last figures, say so in the table
-                print(f"  /metrics did not answer within {scraper.timeout.read} s", flush=True)
-                sample = last
-            last = sample
-            cpu_now = cpu_seconds(pid)
-            cpu_share, cpu_before = (cpu_now - cpu_before) / INTERVAL_S * 100, cpu_now
-            done = current
-            current = Interval()
-            lat = done.latencies
-            rows.append(
-                {
-                    "t": round(next_report - t0),
-                    "n": len(lat),
-                    "errors": done.errors,
-                    "p50": statistics.median(lat) if lat else float("nan"),
-                    "p99": pct(lat, 0.99) if lat else float("nan"),
-                    "max": max(lat) if lat else float("nan"),
-                    "rss_mb": rss_mb(pid),
-                    "fds": open_fds(pid),
-                    "cpu": cpu_share,
-                    "max_queue": max(done.max_queue, sample["queue"]),
-                    **sample,
-                }
-            )
-            print(format_row(rows[-1]), flush=True)
-            next_report += INTERVAL_S
-            if next_report - t0 > seconds + 1e-6:
-                break
-        due = t0 + i * interval
-        if due - now > 0:
-            await asyncio.sleep(min(due - now, next_report - now))
-            continue
-        task = asyncio.create_task(one(current))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        i += 1
-    watcher.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=30)
-    client.close()
-    await scraper.aclose()
-    return rows
+    async def drive(self) -> None:
+        """Send at the asked rate until `seconds` have passed, a row every INTERVAL_S."""
+        interval = 1.0 / self.rate
+        t0 = time.perf_counter()
+        next_report = t0 + INTERVAL_S
+        i = 0
+        while True:
+            now = time.perf_counter()
+            if now >= next_report:
+                await self.report(round(next_report - t0))
+                next_report += INTERVAL_S
+                if next_report - t0 > self.seconds + 1e-6:
+                    return
+            due = t0 + i * interval
+            if due - now > 0:
+                await asyncio.sleep(min(due - now, next_report - now))
+                continue
+            task = asyncio.create_task(self.one(self.current))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            i += 1
+
+    async def report(self, t: int) -> None:
+        """Close the current interval: its row, printed as it comes."""
+        sample = await scrape(self.scraper, self.metrics_url)
+        if sample is None:  # an overloaded proxy: keep the last figures, say so in the table
+            print(f"  /metrics did not answer within {self.scraper.timeout.read} s", flush=True)
+            sample = self.last
+        self.last = sample
+        cpu_now = cpu_seconds(self.pid)
+        cpu_share, self.cpu_before = (cpu_now - self.cpu_before) / INTERVAL_S * 100, cpu_now
+        done, self.current = self.current, Interval()
+        self.rows.append(
+            {
+                "t": t,
+                **interval_figures(done),
+                **self.resources(),
+                "cpu": cpu_share,
+                "max_queue": max(done.max_queue, sample["queue"]),
+                **sample,
+            }
+        )
+        print(format_row(self.rows[-1]), flush=True)
+
+    def resources(self) -> dict[str, float]:
+        return {"rss_mb": rss_mb(self.pid), "fds": open_fds(self.pid)}
+
+
+def interval_figures(done: Interval) -> dict[str, float]:
+    lat = done.latencies
+    nan = float("nan")
+    return {
+        "n": len(lat),
+        "errors": done.errors,
+        "p50": statistics.median(lat) if lat else nan,
+        "p99": pct(lat, 0.99) if lat else nan,
+        "max": max(lat) if lat else nan,
+    }
 
 
 HEADER = (
@@ -186,7 +215,7 @@ HEADER = (
 )
 
 
-def format_row(r: dict) -> str:
+def format_row(r: dict[str, Any]) -> str:
     if r["t"] == 0:
         return (
             f"{0:>5} {'-':>6} {'-':>4} {'-':>8} {'-':>8} {'-':>8} {r['rss_mb']:>7.1f} {r['fds']:>5} {'-':>5} "
@@ -200,7 +229,7 @@ def format_row(r: dict) -> str:
     )
 
 
-def summary(rows: list[dict], args: argparse.Namespace, queue_size: int) -> list[str]:
+def summary(rows: list[dict[str, Any]], args: argparse.Namespace, queue_size: int) -> list[str]:
     first, last = rows[0], rows[-1]
     load = rows[1:]
     sent = sum(r["n"] + r["errors"] for r in load)
@@ -241,54 +270,18 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="shadowtap-soak-"))
     p_port, c_port, x_port = free_port(), free_port(), free_port()
-    py = sys.executable
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            start(
-                [py, "-m", "shadowtap.testing.upstreams", "--port", str(p_port), "--name", "primary-sim"],
-                f"http://127.0.0.1:{p_port}/v1/models",
-                workdir / "primary.log",
-            )
-        )
-        procs.append(
-            start(
-                [
-                    py,
-                    __file__,
-                    "--serve-candidate",
-                    str(c_port),
-                    "--candidate-delay",
-                    str(args.candidate_delay),
-                ],
-                f"http://127.0.0.1:{c_port}/v1/models",
-                workdir / "candidate.log",
-            )
-        )
-        # `start` runs the proxy with this process's environment: the asked sampling, queue and slots.
-        os.environ.update(
-            SHADOWTAP_SHADOW_SAMPLE_RATE=str(args.sample_rate),
-            SHADOWTAP_SHADOW_QUEUE_SIZE=str(args.queue_size),
-            SHADOWTAP_SHADOW_CONCURRENCY=str(args.concurrency),
-        )
-        proxy = start(
-            [
-                py,
-                "-m",
-                "shadowtap.cli",
-                "serve",
-                "--primary",
-                f"http://127.0.0.1:{p_port}/v1",
-                "--candidate",
-                f"http://127.0.0.1:{c_port}/v1",
-                "--port",
-                str(x_port),
-                "--data-dir",
-                str(workdir / "data"),
-            ],
-            f"http://127.0.0.1:{x_port}/healthz",
-            workdir / "proxy.log",
-        )
+    with processes(grace_s=30) as procs:
+        procs.append(start_simulated(p_port, "primary-sim", workdir / "primary.log"))
+        candidate = [sys.executable, __file__, "--serve-candidate", str(c_port)]
+        candidate += ["--candidate-delay", str(args.candidate_delay)]
+        procs.append(start(candidate, f"http://127.0.0.1:{c_port}/v1/models", workdir / "candidate.log"))
+        # The proxy gets the asked sampling, queue and slots.
+        settings = {
+            "SHADOWTAP_SHADOW_SAMPLE_RATE": str(args.sample_rate),
+            "SHADOWTAP_SHADOW_QUEUE_SIZE": str(args.queue_size),
+            "SHADOWTAP_SHADOW_CONCURRENCY": str(args.concurrency),
+        }
+        proxy = start_proxy(p_port, c_port, x_port, workdir, settings)
         procs.append(proxy)
         print(
             f"soak: {args.rate:g} req/s for {seconds:g} s, {args.sample_rate:.0%} mirrored, candidate answers in "
@@ -296,23 +289,9 @@ def main() -> None:
             flush=True,
         )
         print(HEADER, flush=True)
-        rows = asyncio.run(
-            soak(
-                f"http://127.0.0.1:{x_port}/v1/chat/completions",
-                f"http://127.0.0.1:{x_port}/metrics",
-                proxy.pid,
-                args.rate,
-                seconds,
-            )
-        )
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        base = f"http://127.0.0.1:{x_port}"
+        soak = Soak(f"{base}/v1/chat/completions", f"{base}/metrics", proxy.pid, args.rate, seconds)
+        rows = asyncio.run(soak.run())
 
     lines = [
         f"shadowtap soak: steady load, {args.sample_rate:.0%} mirroring, candidate slower than the primary "

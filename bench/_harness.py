@@ -1,0 +1,168 @@
+"""What the benchmarks share: starting the simulated upstreams and `shadowtap serve` as processes on
+loopback (and stopping them), the request they send, a lean load-generating client, and a percentile.
+
+The scripts import it as a sibling module (`python bench/<script>.py` puts bench/ on the path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+REQUEST = {
+    "model": "bench",
+    "messages": [{"role": "user", "content": "Summarise the refund policy in one line."}],
+}
+CONTENT = re.compile(rb'"content": ?"[^"]')
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start(
+    cmd: list[str], url: str, log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` with its output in `log`; return once `url` answers (exit if it never does)."""
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return proc
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise SystemExit(f"{cmd[:3]} exited; see {log}") from None
+            time.sleep(0.1)
+    raise SystemExit(f"{cmd[:3]} did not come up; see {log}")
+
+
+def start_simulated(port: int, name: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A simulated model (`python -m shadowtap.testing.upstreams`), e.g. `"--profile", "slow"`."""
+    cmd = [sys.executable, "-m", "shadowtap.testing.upstreams", "--port", str(port), "--name", name, *extra]
+    return start(cmd, f"http://127.0.0.1:{port}/v1/models", log)
+
+
+def start_proxy(
+    primary_port: int, candidate_port: int, port: int, workdir: Path, settings: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """`shadowtap serve` in front of the two upstreams, its pairs in `workdir/data`; `settings` are
+    SHADOWTAP_* environment variables on top of this process's environment."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "shadowtap.cli",
+        "serve",
+        "--primary",
+        f"http://127.0.0.1:{primary_port}/v1",
+        "--candidate",
+        f"http://127.0.0.1:{candidate_port}/v1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(workdir / "data"),
+    ]
+    env = {**os.environ, **settings}
+    return start(cmd, f"http://127.0.0.1:{port}/healthz", workdir / "proxy.log", env)
+
+
+@contextlib.contextmanager
+def processes(grace_s: float) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to put started processes in; on exit each is terminated, and killed past `grace_s`."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
+
+    The load generator shares the 2-core machine with the servers it measures; httpx would spend more
+    CPU per request than the proxy does, so the generator would be the first thing to saturate.
+    Connections idle for longer than `KEEPALIVE_S` are closed rather than reused: the servers (uvicorn)
+    close theirs after 5 s, and a request sent on one they are closing fails for either arm.
+    """
+
+    KEEPALIVE_S = 4.0
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.KEEPALIVE_S:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def _read_chunked(self, reader: asyncio.StreamReader) -> float | None:
+        """Read a chunked body; the time its first content arrived, if any did."""
+        first_content = None
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if first_content is None and CONTENT.search(chunk):
+                first_content = time.perf_counter()
+            if size == 0:
+                return first_content
+
+    async def request(self, body: bytes, stream: bool) -> float:
+        """Send one request; milliseconds to the whole answer, or to its first content when streamed."""
+        reader, writer = await self.connection()
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        t0 = time.perf_counter()
+        writer.write(head + body)
+        headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+        if not headers.startswith(b"http/1.1 200"):
+            raise RuntimeError(headers[:40])
+        first_content = None
+        if b"transfer-encoding: chunked" in headers:
+            first_content = await self._read_chunked(reader)
+        else:
+            length = int(headers.split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        done = time.perf_counter()
+        self.idle.append((reader, writer, time.monotonic()))
+        if stream:
+            if first_content is None:
+                raise RuntimeError("stream carried no content")
+            return (first_content - t0) * 1000
+        return (done - t0) * 1000
+
+    def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
