@@ -232,3 +232,13 @@ def test_keep_running_leaves_metrics_up_until_ctrl_c(tmp_path: Path):
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_the_report_and_demo_packages_export_their_public_api():
+    import shadowtap.demo
+    import shadowtap.report
+
+    assert set(shadowtap.report.__all__) == {"build_report", "print_report", "write_html", "Report"}
+    assert set(shadowtap.demo.__all__) == {"run_demo", "DemoOptions"}
+    for package in (shadowtap.report, shadowtap.demo):
+        assert all(hasattr(package, name) for name in package.__all__)

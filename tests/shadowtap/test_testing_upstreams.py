@@ -419,3 +419,19 @@ def test_command_line_serves_a_model_labelled_simulated():
         process.stdout.close()
     assert models.json()["data"][0]["id"] == "cli-sim"
     assert "can't help" in answer.choices[0].message.content
+
+
+def test_the_testing_package_exports_its_public_api():
+    import shadowtap.testing
+
+    assert set(shadowtap.testing.__all__) == {
+        "SimulatedLLM",
+        "Reply",
+        "Policy",
+        "default_policy",
+        "serve_in_thread",
+        "ServerHandle",
+        "make_pair",
+        "make_side",
+    }
+    assert all(hasattr(shadowtap.testing, name) for name in shadowtap.testing.__all__)
