@@ -128,6 +128,7 @@ class EmbeddedScoring:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pipeline.aclose()
         return self.queue.qsize() + len(self._inbox)
 
     async def close(self, deadline_s: float = 10.0) -> None:
@@ -138,6 +139,8 @@ class EmbeddedScoring:
         )
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
         if unscored:
             # Still in pairs.jsonl: `shadowtap score --input` can score them later.
             self.metrics.scoring_dropped.inc(unscored)

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from shadowtap.metrics import ScoringMetrics, segment_label
 from shadowtap.records import PairRecord, Score
 from shadowtap.request_text import content_text
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
-from shadowtap.scorers.pacing import RateLimiter, TokenBudget, retry_after_s
+from shadowtap.scorers.pacing import RateLimiter, TokenBudget, backoff_s, retry_after_s
 
 __all__ = ["JudgeConfig", "JudgeScorer", "parse_verdict", "render_request"]
 
@@ -383,7 +382,7 @@ class JudgeScorer:
                 break
             delay = retry_after
             if delay is None:
-                delay = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = backoff_s(attempt, cfg.backoff_base_s, cfg.backoff_max_s)
             elif delay > cfg.backoff_max_s:
                 raise JudgeError(
                     f"judge endpoint asks to retry after {delay:.0f}s (more than backoff_max_s)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class TokenBudget:
 
 
 def retry_after_s(response: httpx.Response | None) -> float | None:
+    """The wait a response asks for (`retry-after-ms`, or `retry-after` in seconds or as a date)."""
     if response is None:
         return None
     headers = response.headers
@@ -84,3 +86,17 @@ def retry_after_s(response: httpx.Response | None) -> float | None:
             return max(0.0, (when - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """The wait after failed attempt `attempt` (0 first): base x 2^attempt up to `max_s`, times 0.5-1."""
+    return min(max_s, base_s * 2.0**attempt) * (rng or random).uniform(0.5, 1.0)
+
+
+def retry_delay_s(
+    attempt: int, retry_after: float | None, base_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
+    """The server's `retry_after` (capped at `max_s`) when it asked for one, else `backoff_s`."""
+    if retry_after is not None:
+        return min(max_s, retry_after)
+    return backoff_s(attempt, base_s, max_s, rng)

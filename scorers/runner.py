@@ -89,6 +89,16 @@ class ScoringPipeline:
         # The scorers that say which review reasons a pair's scores call for.
         self._reviewers = [s for s in self.scorers if isinstance(s, ScorerPlugin)]
 
+    async def aclose(self) -> None:
+        """Close what the scorers hold open (the judge's HTTP connections); call it on their event loop."""
+        for scorer in self.scorers:
+            close = getattr(scorer, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:  # closing one scorer must not keep the others open
+                    log.warning("closing scorer %s failed: %s: %s", scorer.name, type(exc).__name__, exc)
+
     def review_reasons(self, scores: list[Score]) -> list[str]:
         """Why a human should look at a pair, as its scorers see its scores; each reason once."""
         reasons: list[str] = []

@@ -146,6 +146,7 @@ def score_file(
                         outcomes[key] = outcomes.get(key, 0) + 1
                 if progress is not None:
                     progress(len(batch))
+            await pipeline.aclose()
 
         asyncio.run(run())
     errors = {
@@ -231,6 +232,7 @@ class KafkaWorker:
                 self._process(loop, polled)
         finally:
             self.close()
+            loop.run_until_complete(self.pipeline.aclose())
             loop.close()
 
     def stop(self) -> None:

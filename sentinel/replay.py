@@ -19,8 +19,7 @@ import httpx
 
 from shadowtap.proxy.record import SideAssembler, SideResult
 from shadowtap.records import PAIR_SCHEMA, PairRecord, utc_now_rfc3339
-from shadowtap.scorers.pacing import retry_after_s
-from shadowtap.sentinel.backoff import retry_delay_s
+from shadowtap.scorers.pacing import retry_after_s, retry_delay_s
 from shadowtap.sentinel.sets import SetRow
 from shadowtap.sentinel.settings import SentinelConfig
 

@@ -3,50 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shadowtap.cli.server import build
 from shadowtap.config import Settings, load_settings
 from shadowtap.metrics import Metrics
 from shadowtap.testing.upstreams import ServerHandle, SimulatedLLM, serve_in_thread
+from tests.helpers import wait_for
 
 pytest_plugins = ["tests.kafka_fixtures"]
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
-) -> Any:
-    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def start_serve(tmp_path: Path, config: dict[str, Any]) -> subprocess.Popen[bytes]:
-    """`shadowtap serve --config FILE` as a real process, in an environment without SHADOWTAP_* variables."""
-    path = tmp_path / "shadowtap.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
-    )
 
 
 @dataclass

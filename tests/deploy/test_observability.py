@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -36,7 +35,8 @@ from shadowtap.errors import ConfigError
 from shadowtap.metrics import Metrics, ScoringMetrics
 from shadowtap.request_text import last_user_text
 from shadowtap.testing.upstreams import Policy, Reply, default_policy
-from tests.conftest import RunningProxy, Upstream, wait_for
+from tests.conftest import RunningProxy, Upstream
+from tests.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -103,12 +103,6 @@ GRAFANA_BUILTINS = {"__rate_interval": "2m", "__interval": "15s", "__range": "5m
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alert_rules() -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from shadowtap.proxy.shadow import MIRRORED_ROUTES, ShadowDispatcher
 from shadowtap.proxy.upstream import Upstream, forward_headers
 from shadowtap.records import validate_pair
 from shadowtap.testing.upstreams import Reply, SimulatedLLM, serve_in_thread
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 CHAT_ROUTE = "/v1/chat/completions"
 CHAT = [{"role": "user", "content": "What is the weather like in Lisbon?"}]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from shadowtap.proxy.record import SideResult, build_pair
 from shadowtap.records import Score, utc_now_rfc3339, validate_pair
 from shadowtap.scorers.runner import DEFAULT_SCORERS, ScoringPipeline, build_scorers
 from shadowtap.testing.upstreams import Reply
-from tests.conftest import start_serve, wait_for
+from tests.helpers import free_port, healthy, start_serve, wait_for
 
 CHAT_ROUTE = "/v1/chat/completions"
 CHAT = [{"role": "user", "content": "Where is my parcel right now?"}]
@@ -61,12 +60,6 @@ def sse_text(raw: bytes) -> str:
 def pending_shadows(proxy: Any) -> set[Any]:
     """Shadow jobs the running proxy still holds (queued, at the candidate, or waiting for the primary)."""
     return proxy.handle.server.config.app.state.proxy.shadow.pending
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------ candidate faults
@@ -318,7 +311,7 @@ def test_sigterm_finishes_the_users_stream_and_accounts_for_every_queued_shadow(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _up(base), 30, interval=0.05, what="shadowtap serve to accept connections")
+        wait_for(lambda: healthy(base), 30, interval=0.05, what="shadowtap serve to accept connections")
         client = client_for(base + "/v1")
         for _ in range(9):
             assert client.chat.completions.create(model="m", messages=CHAT).choices[0].message.content
@@ -393,7 +386,7 @@ def test_a_request_stuck_on_a_hung_primary_does_not_hold_shutdown_past_a_fractio
             outcome["error"] = exc
 
     try:
-        wait_for(lambda: _up(base), 30, interval=0.05, what="shadowtap serve to accept connections")
+        wait_for(lambda: healthy(base), 30, interval=0.05, what="shadowtap serve to accept connections")
         waiting = threading.Thread(target=user)
         waiting.start()
         wait_for(lambda: len(hung.sim.received) == 1, what="the request to reach the hung primary")
@@ -412,10 +405,3 @@ def test_a_request_stuck_on_a_hung_primary_does_not_hold_shutdown_past_a_fractio
     assert exited_after < 2 * grace + 3, output
     assert not waiting.is_alive()
     assert "error" in outcome or outcome["status"] >= 500
-
-
-def _up(base: str) -> bool:
-    try:
-        return httpx.get(base + "/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

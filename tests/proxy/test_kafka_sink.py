@@ -17,7 +17,7 @@ from shadowtap.config import KafkaSettings
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.kafka import KafkaSink
 from shadowtap.testing.kafka import read_all, read_messages
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def unique_topic() -> str:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from shadowtap.records import validate_pair
 from shadowtap.testing.upstreams import Reply, serve_in_thread
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 CHAT = [{"role": "user", "content": "How do I reset my router?"}]
 

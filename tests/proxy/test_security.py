@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shadowtap.config import DEFAULT_SECRET_HEADERS, load_settings
 from shadowtap.proxy.redact import Redactor, luhn_ok
 from shadowtap.testing.upstreams import Reply
-from tests.conftest import start_serve, wait_for
+from tests.helpers import free_port, healthy, start_serve, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT_ROUTE = "/v1/chat/completions"
@@ -34,12 +34,6 @@ TENANT_TOKEN = "tenant-token-77aa01"
 CANDIDATE_KEY = "sk-candidate-3f8e2b"
 JUDGE_KEY = "sk-judge-a61d4c"
 CLIENT_SECRETS = (USER_KEY, COOKIE.split("=")[1], AZURE_KEY, TENANT_TOKEN)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def raw_post(port: int, target: str, host: str) -> bytes:
@@ -138,10 +132,11 @@ def test_client_credentials_reach_only_the_primary_and_upstream_keys_only_their_
         assert secret not in exported
 
 
-def test_only_configured_upstreams_are_ever_called(proxy, primary, candidate, upstream_factory):
+def test_only_configured_upstreams_are_ever_called(proxy, primary, candidate, upstream_factory, request):
     attacker = upstream_factory("attacker-model")
     other = f"127.0.0.1:{attacker.handle.port}"
     client = httpx.Client(base_url=proxy.base_url)
+    request.addfinalizer(client.close)
     sent = 0
 
     for name, value in {
@@ -304,7 +299,7 @@ def test_metrics_can_be_served_on_their_own_port_and_interface(tmp_path: Path, p
     )
     user = f"http://127.0.0.1:{user_port}"
     try:
-        wait_for(lambda: _up(user), 30, interval=0.05, what="shadowtap serve to accept connections")
+        wait_for(lambda: healthy(user), 30, interval=0.05, what="shadowtap serve to accept connections")
         answer = httpx.post(user + "/v1/chat/completions", json={"model": "m", "messages": CHAT})
         assert answer.status_code == 200
 
@@ -321,10 +316,3 @@ def test_metrics_can_be_served_on_their_own_port_and_interface(tmp_path: Path, p
     assert (
         'shadowtap_requests_total{route="/v1/chat/completions",side="primary",status="200"} 1.0' in exported
     )
-
-
-def _up(base: str) -> bool:
-    try:
-        return httpx.get(base + "/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

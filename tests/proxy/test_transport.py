@@ -25,7 +25,7 @@ import trustme
 
 from shadowtap.proxy.transport import H1Transport, Timeouts
 from shadowtap.testing.upstreams import Reply, SimulatedLLM, serve_in_thread
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 TIMEOUTS = Timeouts(pool=5.0, connect=5.0, read=5.0)
 CHAT = [{"role": "user", "content": "Where is my parcel?"}]
@@ -41,6 +41,11 @@ class ScriptedRequest:
 
 
 Script = Callable[[ScriptedRequest, asyncio.StreamWriter], Awaitable[bool]]
+
+
+async def _finish_pending() -> None:
+    pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass
@@ -69,6 +74,9 @@ class ScriptedServer:
         def run() -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 self.loop.run_until_complete(main())
+            # Let the cancelled connection handlers finish, then free the loop's own sockets.
+            self.loop.run_until_complete(_finish_pending())
+            self.loop.close()
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -14,6 +14,8 @@ from shadowtap.scorers.base import Scorer
 from shadowtap.scorers.format import FormatScorer
 from shadowtap.testing.pairs import make_pair
 
+pytestmark = pytest.mark.unit
+
 CHAT = [{"role": "user", "content": "Extract the order."}]
 JSON_OBJECT = {"model": "m", "messages": CHAT, "response_format": {"type": "json_object"}}
 ORDER_SCHEMA = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from kafka.admin import NewTopic
 from shadowtap.records import PairRecord, validate_pair, validate_score
 from shadowtap.testing.pairs import make_pair, make_side
 from shadowtap.testing.upstreams import Reply
-from tests.conftest import wait_for
+from tests.helpers import free_port, wait_for
 
 pytestmark = [pytest.mark.kafka]
 
@@ -128,12 +127,6 @@ def test_broker_down_mid_traffic_loses_no_record(kafka, proxy_factory, primary, 
 
 
 # ---------------------------------------------------------------------------------------- worker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def billing_pair(i: int, refused: bool) -> PairRecord:

@@ -17,6 +17,8 @@ from shadowtap.scorers.refusal import (
     pairwise_refusal,
 )
 
+pytestmark = pytest.mark.unit
+
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 REFUSING = frozenset({"refused", "partial"})
 

@@ -24,6 +24,8 @@ from shadowtap.scorers import (
 )
 from shadowtap.testing.pairs import make_pair, make_side
 
+pytestmark = pytest.mark.unit
+
 BUILT_IN = (FormatScorer, RefusalScorer, JudgeScorer, LatencyLengthScorer)
 REFUSAL = "I'm sorry, but I can't help with that."
 JSON_ASKED = {
@@ -56,6 +58,7 @@ def pipeline_for(scorers: dict[str, Any]) -> ScoringPipeline:
 def test_a_scorer_setting_is_checked_by_that_scorer_naming_its_key(
     scorers: dict[str, Any], message: str
 ) -> None:
+
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
         build_scorers({"scorers": scorers}, None, frozenset())
 

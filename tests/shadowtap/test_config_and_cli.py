@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from click.testing import CliRunner
@@ -19,7 +17,7 @@ from shadowtap.cli import main
 from shadowtap.config import load_settings
 from shadowtap.errors import ConfigError
 from shadowtap.testing.upstreams import Reply
-from tests.conftest import wait_for
+from tests.helpers import free_port, healthy, wait_for
 
 
 def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path):
@@ -148,17 +146,11 @@ def test_serve_with_a_bad_config_file_fails_at_start_up(tmp_path: Path):
     assert "shadow.concurrency" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_readme_run_command_serves_and_records_then_shuts_down_cleanly(
     tmp_path: Path, primary, candidate
 ):
     """`shadowtap serve --primary URL --candidate URL` with no config file, as a real process."""
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
         [
@@ -180,7 +172,12 @@ def test_the_readme_run_command_serves_and_records_then_shuts_down_cleanly(
         env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
     )
     try:
-        wait_for(lambda: _up(port), 30, interval=0.1, what="shadowtap serve to accept connections")
+        wait_for(
+            lambda: healthy(f"http://127.0.0.1:{port}"),
+            30,
+            interval=0.1,
+            what="shadowtap serve to accept connections",
+        )
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-user", max_retries=0)
         answers = [
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"question {i}"}])
@@ -208,13 +205,6 @@ def test_the_readme_run_command_serves_and_records_then_shuts_down_cleanly(
     scores = [json.loads(line) for line in (data / "scores.jsonl").read_text().splitlines()]
     assert {s["scorer"] for s in scores} >= {"refusal", "latency"}
     assert "sk-user" not in (data / "pairs.jsonl").read_text()
-
-
-def _up(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_offline_scoring_of_a_recorded_file(tmp_path: Path, proxy, candidate):

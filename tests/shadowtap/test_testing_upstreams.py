@@ -30,7 +30,7 @@ from shadowtap.testing.upstreams import (
     serve_in_thread,
     split_chunks,
 )
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 CHAT = [{"role": "user", "content": "How do I reset my router?"}]
 LONG = "Unplug the router, wait ten seconds, plug it back in and wait for the lights to settle."
