@@ -11,7 +11,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from shadowtap.config import Settings
 from shadowtap.errors import PrimaryStreamBroken, openai_error_body
 from shadowtap.metrics import Metrics, route_label
+from shadowtap.proxy.paths import canonical_path
 from shadowtap.proxy.protocol import ProxyHttpProtocol
 from shadowtap.proxy.record import SideAssembler, SideResult
 from shadowtap.proxy.relay import ClientWatch, StreamRelay
@@ -75,6 +76,9 @@ class Proxy:
         path = scope["path"]
         route = route_label(path)
         method = scope["method"]
+        target = canonical_path(scope.get("raw_path"), path)
+        if target is None:
+            return self._rejected_path()
         body = await request.body()
         headers = forward_headers(scope["headers"])
 
@@ -83,9 +87,7 @@ class Proxy:
         t_sent = time.perf_counter()
         exchange: Exchange | Exception
         try:
-            exchange = await self.primary.start(
-                method, _target_path(scope), headers, body, scope.get("query_string", b"")
-            )
+            exchange = await self.primary.start(method, target, headers, body, scope.get("query_string", b""))
         except asyncio.CancelledError:  # the client left while a connection was being made
             self._client_left(route, None, t_sent)
             raise
@@ -120,6 +122,15 @@ class Proxy:
         finally:
             await upstream.aclose()
         return self._buffered(upstream, b"".join(chunks), route, job, assembler, t0, t_sent)
+
+    def _rejected_path(self) -> Response:
+        self.metrics.requests_rejected.labels(reason="path").inc()
+        return openai_error(
+            400,
+            "The request path leaves /v1/ or holds an escaped separator or dot segment; it was not forwarded.",
+            "invalid_request_error",
+            "invalid_path",
+        )
 
     def _mirror(
         self, path: str, route: str, raw_headers: list[tuple[bytes, bytes]], body: bytes
@@ -357,16 +368,6 @@ class FastPath:
                 watch.stop()
             return
         await self.app(scope, receive, send)
-
-
-def _target_path(scope: Mapping[str, Any]) -> str:
-    """The path as the client sent it, escapes and all (`a%2Fb` stays one segment, `%25` stays `%25`);
-    `scope["path"]` is already decoded. Falls back to that when the raw form is not plain ASCII `/v1/...`."""
-    raw: bytes | None = scope.get("raw_path")
-    if raw and raw.startswith(b"/v1/") and raw.isascii():
-        return raw.decode("ascii")
-    path: str = scope["path"]
-    return path
 
 
 def _large_or_unsized(upstream: UpstreamResponse) -> bool:

@@ -74,6 +74,12 @@ class Metrics:
         r = self.registry
 
         # Request path
+        self.requests_rejected = Counter(
+            "shadowtap_requests_rejected_total",
+            "Client requests the proxy refused itself, by reason (path: the path leaves /v1/).",
+            ["reason"],
+            registry=r,
+        )
         self.requests = Counter(
             "shadowtap_requests_total",
             "Upstream responses by route, side and HTTP status (status 'error' when no response came).",

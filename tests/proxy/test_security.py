@@ -167,11 +167,12 @@ def test_only_configured_upstreams_are_ever_called(proxy, primary, candidate, up
         f"{attacker.base_url}/chat/completions": 200,
         f"/v1//{other}/chat/completions": 404,
         f"/v1/@{other}/chat/completions": 404,
-        f"/v1/..%2f..%2f{other}/chat/completions": 404,
+        # Refused by the proxy itself (400): it would climb out of /v1/ behind a decoding upstream.
+        f"/v1/..%2f..%2f{other}/chat/completions": 400,
     }
     for target, status in targets.items():
         assert raw_post(proxy.handle.port, target, other).startswith(f"HTTP/1.1 {status}".encode()), target
-        sent += 1
+        sent += status != 400
 
     wait_for(lambda: len(candidate.sim.received) == 8, what="the mirrored requests")
     assert attacker.sim.received == []
@@ -316,3 +317,37 @@ def test_metrics_can_be_served_on_their_own_port_and_interface(tmp_path: Path, p
     assert (
         'shadowtap_requests_total{route="/v1/chat/completions",side="primary",status="200"} 1.0' in exported
     )
+
+
+ESCAPING_PATHS = [
+    "/v1/../../tenant-b/v1/chat/completions",
+    "/v1/../../admin/reset",
+    "/v1/%2e%2e/%2e%2e/admin/reset",
+    "/v1/models/..%2f..%2f..%2fadmin/x",
+    "/v%31/..%2F..%2Fadmin/x",
+    "/v%31/models%3Fapi-version=evil",
+    "/v1/chat/completions%23frag",
+    "/v1/a%5C..%5Cadmin",
+    "/v1/./chat/completions",
+]
+
+
+@pytest.mark.parametrize("target", ESCAPING_PATHS)
+def test_a_path_that_would_leave_the_base_path_is_refused_and_never_forwarded(proxy, primary, target):
+    """With the primary behind a prefix (`http://host/tenant-a/v1`), a gateway or server that decodes
+    escapes and resolves dot segments would run these outside the tenant: the proxy refuses them."""
+    reply = raw_post(proxy.handle.port, target, "127.0.0.1")
+
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), target
+    assert json.loads(body)["error"]["code"] == "invalid_path"
+    assert primary.sim.received == []
+    assert proxy.metric("shadowtap_requests_rejected_total", reason="path") == 1
+
+
+def test_escapes_that_stay_inside_v1_reach_the_primary_in_one_canonical_form(proxy, primary):
+    reply = raw_post(proxy.handle.port, "/v%31/chat/completions", "127.0.0.1")
+
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert [r.path for r in primary.sim.received] == ["/v1/chat/completions"]
+    assert proxy.metric("shadowtap_requests_rejected_total", reason="path") == 0
