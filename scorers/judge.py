@@ -17,14 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client import CollectorRegistry
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
-from shadowtap.config import check_url
+from shadowtap.config import check_secret, check_url
 from shadowtap.errors import BudgetExhausted, ConfigError, JudgeError, MalformedVerdict
 from shadowtap.metrics import ScoringMetrics, segment_label
 from shadowtap.records import PairRecord, Score
@@ -61,7 +61,7 @@ class JudgeConfig(ScorerConfig):
 
     base_url: str
     model: str = Field(min_length=1)
-    api_key: str | None = None
+    api_key: Annotated[str | None, AfterValidator(check_secret)] = None
     api_key_env: str = DEFAULT_API_KEY_ENV
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     concurrency: int = Field(default=4, ge=1)
@@ -193,13 +193,20 @@ class JudgeScorer:
         self.segments = segments
         self.template = self._load_rubric(cfg.rubric_file)
         if api_key is None:
-            api_key = cfg.api_key or (os.environ if environ is None else environ).get(cfg.api_key_env)
+            api_key = cfg.api_key or self._key_from_environment(environ)
         self.client = openai.AsyncOpenAI(
             base_url=cfg.base_url, api_key=api_key or "EMPTY", timeout=cfg.timeout_s, max_retries=0
         )
         self.rate_limiter = RateLimiter(cfg.requests_per_second)
         self.budget = TokenBudget(cfg.budget_tokens_per_hour, cfg.budget_tokens_per_day, clock)
         self._slots = asyncio.Semaphore(cfg.concurrency)
+
+    def _key_from_environment(self, environ: Mapping[str, str] | None) -> str | None:
+        name = self.config.api_key_env
+        try:
+            return check_secret((os.environ if environ is None else environ).get(name))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
 
     @staticmethod
     def _load_rubric(path: str | None) -> str:

@@ -10,6 +10,7 @@ models, the scorers' own settings excepted: each scorer validates those with its
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, overload
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -47,6 +49,8 @@ __all__ = [
     "SinkSettings",
     "TagSettings",
     "UpstreamSettings",
+    "check_headers",
+    "check_secret",
     "check_url",
     "env_overrides",
     "load_settings",
@@ -74,6 +78,31 @@ def check_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def check_secret(value: str | None) -> str | None:
+    """An API key as it goes into an `Authorization` header: a trailing newline (a key read from a file
+    or a mounted secret) is dropped; any other control character would split the request, so it is
+    refused. The message never repeats the value."""
+    if value is None:
+        return None
+    value = value.rstrip("\r\n")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (CR, LF, NUL, ...); the value is not shown")
+    return value
+
+
+def check_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Configured request headers: names are HTTP tokens, values hold no control characters (tab aside)."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+            raise ValueError(f"the value of {name} must not contain control characters (CR, LF, NUL, ...)")
+    return headers
+
+
 class UpstreamSettings(_Section):
     """One OpenAI-compatible endpoint. `url` is what the OpenAI SDK would take as `base_url`."""
 
@@ -95,6 +124,16 @@ class UpstreamSettings(_Section):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return check_url(value)
+
+    @field_validator("api_key")
+    @classmethod
+    def _safe_key(cls, value: str | None) -> str | None:
+        return check_secret(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        return check_headers(headers)
 
     @field_validator("ca_file")
     @classmethod
@@ -263,7 +302,7 @@ class SentinelSettings(_Section):
     sets_dir: str | None = None
 
     # Running
-    api_key: str | None = None
+    api_key: Annotated[str | None, AfterValidator(check_secret)] = None
     concurrency: int = Field(default=8, ge=1)
     retries: int = Field(default=3, ge=0)
     backoff_base_s: float = Field(default=0.5, ge=0)

@@ -135,13 +135,17 @@ class EnvironmentSource(EnvSettingsSource):
                 continue
             path, annotation = found
             self._names_used.add(lower)
-            try:
-                value = yaml.safe_load(raw) if raw != "" else None
-            except yaml.YAMLError as exc:
-                self._problems.append(f"{name}: cannot parse value: {exc}")
-                continue
-            if isinstance(value, (bool, int, float)) and _is_text(annotation):
+            if raw == "":
+                value = None
+            elif _is_text(annotation):
+                # Text is taken as given: a key or a model name is never YAML (nor echoed in an error).
                 value = raw
+            else:
+                try:
+                    value = yaml.safe_load(raw)
+                except yaml.YAMLError as exc:
+                    self._problems.append(f"{name}: cannot parse value: {exc}")
+                    continue
             node = tree
             for part in path[:-1]:
                 node = node.setdefault(part, {})

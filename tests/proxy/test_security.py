@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadowtap.config import DEFAULT_SECRET_HEADERS, load_settings
+from shadowtap.errors import ConfigError
 from shadowtap.proxy.redact import Redactor, luhn_ok
 from shadowtap.testing.upstreams import Reply
 from tests.helpers import free_port, healthy, start_serve, wait_for
@@ -351,3 +352,52 @@ def test_escapes_that_stay_inside_v1_reach_the_primary_in_one_canonical_form(pro
     assert reply.startswith(b"HTTP/1.1 200")
     assert [r.path for r in primary.sim.received] == ["/v1/chat/completions"]
     assert proxy.metric("shadowtap_requests_rejected_total", reason="path") == 0
+
+
+SPLITTING_SECRET = "sk-live\r\nX-Injected: 1"
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"SHADOWTAP_CANDIDATE_API_KEY": SPLITTING_SECRET}, "candidate.api_key"),
+        ({"SHADOWTAP_PRIMARY_API_KEY": "sk\x00nul"}, "primary.api_key"),
+        ({"SHADOWTAP_SENTINEL_API_KEY": SPLITTING_SECRET}, "sentinel.api_key"),
+    ],
+)
+def test_a_key_with_control_characters_is_refused_at_start_up_without_echoing_it(environ, key):
+    """A CR/LF in a key would split the request sent upstream; the error names the key, not its value."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+
+    assert f"{key}: must not contain control characters" in str(raised.value)
+    assert "sk-live" not in str(raised.value) and "nul" not in str(raised.value)
+
+
+def test_a_configured_header_that_would_split_the_request_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match=r"candidate\.headers: the value of X-Team must not contain"):
+        load_settings(overrides={"candidate": {"headers": {"X-Team": "a\r\nX-Injected: 1"}}}, environ={})
+    with pytest.raises(ConfigError, match=r"candidate\.headers: 'X Team' is not a valid header name"):
+        load_settings(overrides={"candidate": {"headers": {"X Team": "a"}}}, environ={})
+
+
+def test_a_key_read_from_a_file_with_a_trailing_newline_is_sent_without_it(proxy_factory, primary, candidate):
+    """`SHADOWTAP_CANDIDATE_API_KEY="$(cat key)"` strips the newline; a mounted secret often keeps it."""
+    proxy = proxy_factory(primary.base_url, candidate.base_url, candidate={"api_key": "sk-cand\n"})
+
+    openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0).chat.completions.create(
+        model="m", messages=CHAT
+    )
+
+    wait_for(lambda: candidate.sim.received, what="the mirrored request")
+    assert candidate.sim.received[0].headers["authorization"] == "Bearer sk-cand"
+
+
+def test_a_judge_key_with_control_characters_in_its_variable_is_refused_naming_the_variable():
+    from shadowtap.scorers.judge import JudgeScorer
+
+    with pytest.raises(ConfigError, match=r"^SHADOWTAP_JUDGE_API_KEY: must not contain control characters"):
+        JudgeScorer(
+            {"base_url": "http://127.0.0.1:9/v1", "model": "judge"},
+            environ={"SHADOWTAP_JUDGE_API_KEY": SPLITTING_SECRET},
+        )
