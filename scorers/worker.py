@@ -27,7 +27,7 @@ from shadowtap.config import Settings
 from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics
 from shadowtap.proxy.sinks import encode_record
-from shadowtap.records import PairRecord, ReviewItem, ScoreRecord, score_key, validate_pair
+from shadowtap.records import PairRecord, ReviewItem, ScoreRecord, jsonl_lines, score_key, validate_pair
 from shadowtap.scorers.runner import ScoringPipeline, build_scorers
 
 __all__ = ["KafkaWorker", "SeenPairs", "make_pipeline", "parse_pair", "score_file", "score_many"]
@@ -106,14 +106,13 @@ def score_file(
     registry = CollectorRegistry()
     metrics = ScoringMetrics(registry)
     pipeline = make_pipeline(settings, metrics)
-    lines = input_path.read_bytes().splitlines()
+    with input_path.open("rb") as handle:
+        lines = list(jsonl_lines(handle))
     pairs: list[PairRecord] = []
     invalid: list[tuple[int, str]] = []
     seen = SeenPairs()
     duplicates = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in lines:
         pair, why = parse_pair(line)
         if pair is None:
             invalid.append((number, why or ""))

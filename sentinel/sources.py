@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from shadowtap.records import jsonl_lines
+
 # A record as read: where it was, and the JSON object (None when the line or message is not one).
 Read = tuple[str, dict[str, Any] | None]
 
@@ -26,9 +28,8 @@ def _decode(data: bytes) -> dict[str, Any] | None:
 def iter_jsonl(path: Path) -> Iterator[Read]:
     """(where, record or None when the line is not JSON) for each line of a pairs.jsonl."""
     with path.open("rb") as lines:
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                yield f"{path}:{number}", _decode(line)
+        for number, line in jsonl_lines(lines):
+            yield f"{path}:{number}", _decode(line)
 
 
 def _assign_from_start(consumer: Any, topic: str) -> dict[Any, int]:

@@ -7,6 +7,7 @@ JSON Schemas live in `shadowtap/schemas/` and are what tests validate against.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -147,3 +148,14 @@ class Score:
 def score_key(record: ScoreRecord) -> str:
     """The identity of a score record: a re-delivered pair yields the same keys, so nothing double-counts."""
     return f"{record['pair_id']}/{record['scorer']}/{record['side']}"
+
+
+def jsonl_lines(handle: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each complete, non-blank line of a JSONL file that may still be appended
+    to. A last line without its newline is a record the writer has not finished, not a malformed one: it
+    is left out, and read once it is whole."""
+    for number, line in enumerate(handle, 1):
+        if not line.endswith(b"\n"):
+            return
+        if line.strip():
+            yield number, line

@@ -13,6 +13,7 @@ import pytest
 from shadowtap.cli.server import build
 from shadowtap.config import Settings, load_settings
 from shadowtap.metrics import Metrics
+from shadowtap.records import jsonl_lines
 from shadowtap.testing.upstreams import ServerHandle, SimulatedLLM, serve_in_thread
 from tests.helpers import wait_for
 
@@ -54,7 +55,8 @@ class RunningProxy:
         def read() -> list[dict[str, Any]] | None:
             if not path.exists():
                 return None if expected else []
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            with path.open("rb") as handle:  # a line the sink is still writing is not read yet
+                rows = [json.loads(line) for _, line in jsonl_lines(handle)]
             if expected is None or len(rows) >= expected:
                 return rows
             return None

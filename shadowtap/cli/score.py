@@ -8,6 +8,7 @@ import click
 
 from shadowtap.cli.common import load
 from shadowtap.config import Settings
+from shadowtap.records import jsonl_lines
 
 
 @click.command()
@@ -87,7 +88,7 @@ def _score_offline(settings: Settings, input_path: Path, output_path: Path, revi
     console = Console(stderr=True)
     review_path = review_path or output_path.with_name("review.jsonl")
     with input_path.open("rb") as lines:
-        total = sum(1 for line in lines if line.strip())
+        total = sum(1 for _ in jsonl_lines(lines))
     try:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("scoring pairs", total=total)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
-from shadowtap.records import SIDES, PairRecord, ScoreRecord, score_key
+from shadowtap.records import SIDES, PairRecord, ScoreRecord, jsonl_lines, score_key
 from shadowtap.report.findings import Finding, Verdict, find_changes
 from shadowtap.report.numbers import Rate
 from shadowtap.report.segments import Mode, SegmentStats, add_pair, add_score, sub_record
@@ -53,9 +53,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
         return [], 0
     rows, invalid = [], 0
     with path.open("rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
+        for _, line in jsonl_lines(handle):
             try:
                 row = json.loads(line)
             except ValueError:
