@@ -36,6 +36,8 @@ log = logging.getLogger("shadowtap.proxy")
 # A plain body up to this size is read whole and sent in one write with its head; a larger one, or one
 # of unknown length (a file download, generated audio), is relayed as it arrives, like a stream.
 BUFFERED_BODY_MAX = 1 << 20
+# Methods whose request body has no meaning (RFC 9110 §9.3): the primary gets them without one.
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 def openai_error(status: int, message: str, type_: str, code: str) -> JSONResponse:
@@ -79,7 +81,7 @@ class Proxy:
         target = canonical_path(scope.get("raw_path"), path)
         if target is None:
             return self._rejected_path()
-        body = await request.body()
+        body = self._body_to_forward(method, await request.body())
         headers = forward_headers(scope["headers"])
 
         # The primary's request goes out first; the shadow decision (a JSON parse and a few lookups) is
@@ -122,6 +124,14 @@ class Proxy:
         finally:
             await upstream.aclose()
         return self._buffered(upstream, b"".join(chunks), route, job, assembler, t0, t_sent)
+
+    def _body_to_forward(self, method: str, body: bytes) -> bytes:
+        """The body as the primary gets it: none for GET, HEAD, OPTIONS and TRACE, whose bodies a primary
+        may ignore and then read as the next request on the connection."""
+        if body and method in BODYLESS_METHODS:
+            self.metrics.request_bodies_dropped.labels(method=method).inc()
+            return b""
+        return body
 
     def _rejected_path(self) -> Response:
         self.metrics.requests_rejected.labels(reason="path").inc()

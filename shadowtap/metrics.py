@@ -80,6 +80,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.request_bodies_dropped = Counter(
+            "shadowtap_request_bodies_dropped_total",
+            "Bodies sent with GET, HEAD, OPTIONS or TRACE, not forwarded to the primary, by method.",
+            ["method"],
+            registry=r,
+        )
         self.requests = Counter(
             "shadowtap_requests_total",
             "Upstream responses by route, side and HTTP status (status 'error' when no response came).",

@@ -401,3 +401,24 @@ def test_a_judge_key_with_control_characters_in_its_variable_is_refused_naming_t
             {"base_url": "http://127.0.0.1:9/v1", "model": "judge"},
             environ={"SHADOWTAP_JUDGE_API_KEY": SPLITTING_SECRET},
         )
+
+
+def test_a_body_on_a_get_is_not_forwarded_so_it_cannot_become_another_request(proxy, primary):
+    """A primary that ignores GET bodies would run the smuggled POST and hand its answer to the next user."""
+    smuggled = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    head = (
+        f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(smuggled)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.handle.port)) as s:
+        s.sendall(head + smuggled)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert [(r.method, r.path, r.body) for r in primary.sim.received] == [("GET", "/v1/models", b"")]
+    assert proxy.metric("shadowtap_request_bodies_dropped_total", method="GET") == 1
