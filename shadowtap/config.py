@@ -119,6 +119,10 @@ class UpstreamSettings(_Section):
     keepalive_expiry_s: float = Field(default=4.0, gt=0)
     # A PEM bundle of CA certificates to trust for an https URL (a private CA); default: certifi's.
     ca_file: str | None = None
+    # A response head (status line and headers) larger than this, or with more headers, is a protocol
+    # error: the request gets a 502 (the candidate's: a failed side) and the connection is dropped.
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -150,6 +154,39 @@ class ServerSettings(_Section):
     metrics_host: str | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Limits on what a client may send (docs/guarantees.md says what a client over them gets).
+    # A request head (request line and headers) over this many bytes, or with more headers: 431.
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+    # A request body over this many bytes: 413. Bodies over shadow.max_body_bytes are streamed to the
+    # primary as they arrive, not held.
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    # Seconds a client has to send a whole request head, from the connection's start (or the end of its
+    # previous response), and then its whole body; past either the connection is closed (a 408 first
+    # when nothing has been answered on it yet).
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    # An idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).
+    idle_timeout_s: float = Field(default=5.0, gt=0)
+    # A client that reads none of its response for this many seconds, while the proxy has bytes
+    # waiting for it, is disconnected, and the primary's connection freed.
+    send_timeout_s: float = Field(default=30.0, gt=0)
+    # Open client connections at most; past it a new request gets a 503 (uvicorn's limit_concurrency).
+    limit_concurrency: int = Field(default=1000, ge=1)
+    # Methods forwarded to the primary; any other gets a 405. The OpenAI API uses GET, POST and DELETE.
+    methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "HEAD", "OPTIONS"])
+    # The client's address in X-Forwarded-For to the primary: appended to what the client sent
+    # ("append"), forwarded as sent ("pass"), or not sent at all ("drop").
+    forwarded_for: Literal["append", "pass", "drop"] = "append"
+
+    @field_validator("methods")
+    @classmethod
+    def _method_tokens(cls, methods: list[str]) -> list[str]:
+        upper = [m.upper() for m in methods]
+        for method in upper:
+            if not _HEADER_NAME.fullmatch(method):
+                raise ValueError(f"{method!r} is not an HTTP method")
+        return upper
 
 
 class ShadowSettings(_Section):
@@ -161,6 +198,9 @@ class ShadowSettings(_Section):
     concurrency: int = Field(default=32, ge=1)
     queue_size: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=0)
+    # Each side's answer is kept for the record up to this many bytes (decoded: a gzip body is inflated
+    # no further); past it the side is recorded `truncated` and the rest is not kept.
+    max_record_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # "concurrent": the candidate starts with the primary (fair latency comparison);
     # "after_primary": it starts once the primary has answered (never competes with it).
     start: Literal["concurrent", "after_primary"] = "concurrent"
