@@ -1,7 +1,8 @@
 """The pair record: assembling each side's answer (plain JSON or an SSE stream) and building the record.
 
 Assembly happens beside the user's stream, never in front of it: the proxy hands every chunk to the
-client first and feeds a copy to a `SideAssembler`, which parses it afterwards.
+client first and feeds a copy to a `SideAssembler`, which parses it afterwards. The copy is capped
+(`shadow.max_record_bytes` of decoded bytes); past the cap a side is recorded as `truncated`.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from shadowtap.config import ShadowSettings
 from shadowtap.records import PAIR_SCHEMA, PairRecord, SideError, SideRecord
+
+# The record keeps this many decoded bytes of a side unless told otherwise: the config's default.
+MAX_RECORD_BYTES: int = ShadowSettings.model_fields["max_record_bytes"].default
 
 
 @dataclass(slots=True)
@@ -26,9 +31,10 @@ class SideResult:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     error: SideError | None = None
+    truncated: bool = False  # the recorded body hit its cap; the rest of the answer was not kept
 
     def to_dict(self) -> SideRecord:
-        return {
+        record: SideRecord = {
             "model": self.model,
             "status": self.status,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
@@ -38,6 +44,9 @@ class SideResult:
             "usage": self.usage,
             "error": self.error,
         }
+        # A pair/v2 side field that `SideRecord` does not declare yet.
+        cast(dict[str, Any], record)["truncated"] = self.truncated
+        return record
 
     def fail(self, kind: str, message: str) -> SideResult:
         if self.error is None:
@@ -48,7 +57,7 @@ class SideResult:
 class _Decoder(Protocol):
     """A streaming decoder of a content coding (what `zlib.decompressobj` returns)."""
 
-    def decompress(self, data: bytes, /) -> bytes: ...
+    def decompress(self, data: bytes, /, max_length: int = 0) -> bytes: ...
 
 
 def _decompressor(content_encoding: str | None) -> _Decoder | None:
@@ -67,14 +76,18 @@ class SideAssembler:
     """Collects an upstream's answer bytes and turns them into a `SideResult`.
 
     `feed` is cheap (it only keeps references and, for streams, notes when content first arrived);
-    parsing is done once, in `finish`.
+    parsing is done once, in `finish`. At most `max_bytes` decoded bytes are kept (a gzip or deflate body
+    is never inflated much past them); past them the side is `truncated` and `feed` keeps nothing more.
     """
 
     streaming: bool
     started: float
     content_encoding: str | None = None
+    max_bytes: int = MAX_RECORD_BYTES
     chunks: list[bytes] = field(default_factory=list)
     first_chunk_at: float | None = None
+    truncated: bool = False
+    _kept: int = 0
     _sse_buffer: bytes = b""
     _first_content_at: float | None = None
     _decoder: _Decoder | None = None
@@ -88,10 +101,16 @@ class SideAssembler:
         self._decoder = _decompressor(content_encoding)
 
     def feed(self, chunk: bytes, now: float) -> None:
-        if not chunk:
+        if not chunk or self.truncated:
             return
+        room = self.max_bytes - self._kept
         if self._decoder is not None:
-            chunk = self._decoder.decompress(chunk)
+            chunk = self._decoder.decompress(chunk, room + 1)  # one byte past the room tells it is full
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            self.truncated = True
+            self._decoder = None
+        self._kept += len(chunk)
         self.chunks.append(chunk)
         if self.first_chunk_at is None:
             self.first_chunk_at = now
@@ -114,6 +133,7 @@ class SideAssembler:
 
     def finish(self, result: SideResult, ended: float, route: str) -> SideResult:
         result.latency_ms = (ended - self.started) * 1000.0
+        result.truncated = self.truncated
         body = b"".join(self.chunks)
         if self._first_content_at is not None:
             result.ttft_ms = (self._first_content_at - self.started) * 1000.0
@@ -122,7 +142,11 @@ class SideAssembler:
             detail = _error_message(body)
             return result.fail(_http_error_kind(result.status), f"HTTP {result.status}: {detail}")
         if self.streaming:
-            return _parse_sse(body, result, route)
+            # Cut at the cap: the events whole before it are the record; the one it cut is not.
+            return _parse_sse(body[: body.rfind(b"\n") + 1] if self.truncated else body, result, route)
+        if self.truncated:  # a cut JSON document cannot be parsed: what came is kept as it came
+            result.text = body.decode("utf-8", "replace")
+            return result
         return _parse_json(body, result, route)
 
 
@@ -207,7 +231,7 @@ def _parse_sse(body: bytes, result: SideResult, route: str) -> SideResult:
     result.text = "".join(parts)
     if bad and not parts:
         return result.fail("invalid_response", "stream carried no parseable events")
-    if not done and result.finish_reason is None:
+    if not done and result.finish_reason is None and not result.truncated:
         return result.fail("truncated_stream", "stream ended without a finish_reason or [DONE]")
     return result
 

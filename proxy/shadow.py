@@ -281,7 +281,9 @@ class ShadowDispatcher:
             body["model"] = settings.model
         result = SideResult(model=body.get("model"))
         started = time.perf_counter()
-        assembler = SideAssembler(streaming=job.stream, started=started)
+        assembler = SideAssembler(
+            streaming=job.stream, started=started, max_bytes=self.settings.shadow.max_record_bytes
+        )
         try:
             async with asyncio.timeout(settings.timeout_s):
                 response = await self.candidate.send(
@@ -291,6 +293,8 @@ class ShadowDispatcher:
                     _answer_began(response, job, result, assembler)
                     async for chunk in response.aiter_raw():
                         assembler.feed(chunk, time.perf_counter())
+                        if assembler.truncated:  # the record is full: the connection is dropped, not drained
+                            break
                 finally:
                     await response.aclose()
                 # Parsing and recording can wait a turn: let user-facing work that is ready run first.
@@ -321,6 +325,7 @@ class ShadowDispatcher:
                 result.error = None
             else:
                 result.text = b"".join(assembler.chunks).decode("utf-8", "replace")
+                result.truncated = assembler.truncated
             result.fail("disconnected", f"{type(exc).__name__}: {exc}")
         elif isinstance(exc, httpx.HTTPError):
             result.fail("transport", f"{type(exc).__name__}: {exc}")

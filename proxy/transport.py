@@ -126,11 +126,15 @@ class H1Transport(httpx.AsyncBaseTransport):
         max_keepalive_connections: int = 20,
         keepalive_expiry: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_head_bytes: int = 64 * 1024,
+        max_headers: int = 100,
     ) -> None:
         self.max_connections = max_connections
         self.max_keepalive = max_keepalive_connections
         self.keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
+        self.max_head_bytes = max_head_bytes  # a larger response head (1xx ones included) is a protocol error
+        self.max_headers = max_headers
         self._idle: dict[tuple[bytes, str, int], list[H1Connection]] = {}
         self.open_connections = 0
         self._slots = asyncio.Semaphore(max_connections)  # bound to an event loop only on first wait
@@ -229,6 +233,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: tuple[bytes, str, int], timeout: float | None) -> H1Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
+        limits = (self.max_head_bytes, self.max_headers)
         tls: ssl.SSLContext | None = None
         if scheme == b"https":
             if self._ssl_context is None:
@@ -237,7 +242,11 @@ class H1Transport(httpx.AsyncBaseTransport):
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: H1Connection(origin), host, port, ssl=tls, server_hostname=host if tls else None
+                    lambda: H1Connection(origin, *limits),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
                 ),
                 timeout,
             )

@@ -28,6 +28,7 @@ HOP_BY_HOP = frozenset(
         "expect",
     }
 )
+_HOP_BY_HOP = frozenset(name.encode("latin-1") for name in HOP_BY_HOP)
 
 
 class Upstream:
@@ -51,6 +52,8 @@ class Upstream:
             max_keepalive_connections=settings.max_keepalive,
             keepalive_expiry=settings.keepalive_expiry_s,
             ssl_context=ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else None,
+            max_head_bytes=settings.max_head_bytes,
+            max_headers=settings.max_headers,
         )
         self.timeouts = Timeouts(
             pool=settings.timeout_s, connect=settings.connect_timeout_s, read=settings.timeout_s
@@ -90,16 +93,37 @@ class Upstream:
 
 
 def forward_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The client's request headers as the primary should see them: all but hop-by-hop ones."""
-    return [(k, v) for k, v in raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
+    """The client's request headers as the primary should see them: all but hop-by-hop ones, those a
+    `Connection` header names included."""
+    out = []
+    nominated: set[bytes] = set()
+    for k, v in raw:
+        name = k.lower()
+        if name in _HOP_BY_HOP:
+            if name == b"connection":
+                nominated |= _nominated(v)
+            continue
+        out.append((k, v))
+    return [(k, v) for k, v in out if k.lower() not in nominated] if nominated else out
 
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The primary's response headers as the client should see them: all but hop-by-hop ones."""
+    """The primary's response headers as the client should see them, names in lower case: all but hop-by-hop
+    ones, those a `Connection` header names included. Content-Length stays: the body is relayed unchanged."""
     out = []
+    nominated: set[bytes] = set()
     for k, v in raw:
         name = k.lower()
-        if name.decode("latin-1") in HOP_BY_HOP and name != b"content-length":
+        if name in _HOP_BY_HOP and name != b"content-length":
+            if name == b"connection":
+                nominated |= _nominated(v)
             continue
         out.append((name, v))
-    return out
+    nominated.discard(b"content-length")
+    return [(k, v) for k, v in out if k not in nominated] if nominated else out
+
+
+def _nominated(connection: bytes) -> set[bytes]:
+    """The header names a `Connection` header value lists (RFC 9110 §7.6.1), beyond the fixed hop-by-hop set."""
+    names = {token.strip(b" \t").lower() for token in connection.split(b",")}
+    return names - _HOP_BY_HOP - {b""}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
 
+from shadowtap.config import ShadowSettings
 from shadowtap.proxy.record import SideAssembler, SideResult, build_pair
 from shadowtap.records import validate_pair
 
@@ -180,3 +182,60 @@ def test_the_assembled_sides_make_a_valid_pair_record():
         "message": "stream ended without a finish_reason or [DONE]",
     }
     json.dumps(record)  # the wire format is JSON
+
+
+# ------------------------------------------------------------------------------ the record's cap
+
+CAP = 4096
+
+
+def capped(chunks: list[bytes], *, streaming: bool, encoding: str | None = None) -> SideResult:
+    assembler = SideAssembler(streaming=streaming, started=STARTED, content_encoding=encoding, max_bytes=CAP)
+    for chunk in chunks:
+        assembler.feed(chunk, STARTED + 0.1)
+    assert sum(len(c) for c in assembler.chunks) <= CAP
+    return assembler.finish(SideResult(status=200), STARTED + 0.2, ROUTE)
+
+
+def test_the_record_keeps_a_side_up_to_the_default_cap_of_the_config():
+    assembler = SideAssembler(streaming=False, started=STARTED)
+    assert assembler.max_bytes == ShadowSettings().max_record_bytes
+
+
+def test_an_answer_under_the_cap_is_not_truncated():
+    side = capped([completion()], streaming=False)
+    assert side.truncated is False
+    assert side.to_dict()["truncated"] is False
+
+
+def test_a_plain_answer_past_the_cap_keeps_its_first_bytes_as_text_and_is_marked_truncated():
+    body = completion("x" * (3 * CAP))
+    side = capped([body[:1000], body[1000:]], streaming=False)
+    assert side.truncated is True
+    assert side.to_dict()["truncated"] is True
+    assert side.text == body[:CAP].decode()
+    assert side.error is None  # the answer was fine; only the record's copy is short
+
+
+def test_a_stream_past_the_cap_keeps_the_events_that_fit():
+    events = sse(delta(role="assistant"), *(delta(f"word{i} ") for i in range(200)), delta(finish="stop"))
+    side = capped(events, streaming=True)
+    assert side.truncated is True
+    assert side.text is not None and side.text.startswith("word0 word1 ")
+    assert len(side.text) < 200 * len("wordNNN ")
+    assert side.error is None
+
+
+def test_a_gzip_bomb_never_inflates_past_the_cap():
+    bomb = gzip.compress(b"\0" * (512 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 1024 * 1024
+    tracemalloc.start()
+    try:
+        side = capped(
+            [bomb[i : i + 65536] for i in range(0, len(bomb), 65536)], streaming=False, encoding="gzip"
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert side.truncated is True
+    assert peak < 8 * 1024 * 1024

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import socket
+import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ import pytest
 import trustme
 
 from shadowtap.proxy.transport import H1Transport, Timeouts
+from shadowtap.proxy.upstream import forward_headers, response_headers
 from shadowtap.testing.upstreams import Reply, SimulatedLLM, serve_in_thread
 from tests.helpers import wait_for
 
@@ -389,6 +392,249 @@ async def test_an_httpx_client_on_the_transport_sends_json_and_streams_bodies(sc
     assert server.accepted == 1
 
 
+# ------------------------------------------------------------------------------ hostile upstreams
+
+
+async def write_forever(writer: asyncio.StreamWriter, piece: bytes, limit: int = 16 * 1024 * 1024) -> bool:
+    """Write `piece` over and over until the client hangs up (or `limit` bytes are out, then wait)."""
+    sent = 0
+    try:
+        while sent < limit:
+            writer.write(piece)
+            sent += len(piece)
+            await writer.drain()
+        await asyncio.sleep(30)
+    except ConnectionError:
+        pass
+    return False
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        (b"HTTP/1.1 200 OK\r\n", b"x-padding: " + b"p" * 1000 + b"\r\n"),
+        (b"HTTP/1.1 200 OK\r\nx-endless: ", b"v" * 4096),
+        (b"", b"HTTP/1.1 100 Continue\r\nx-hint: 1\r\n\r\n"),
+    ],
+    ids=["headers-forever", "one-header-value-forever", "interim-heads-forever"],
+)
+async def test_a_response_head_past_max_head_bytes_is_refused_and_its_connection_dropped(scripted, flood):
+    start, piece = flood
+
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(start)
+        return await write_forever(writer, piece)
+
+    server = scripted(script)
+    transport = H1Transport()  # the default cap: 64 KiB of head
+
+    with pytest.raises(httpx.RemoteProtocolError, match="max_head_bytes"):
+        await fetch(transport, server.url + "/x")
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+async def test_a_large_head_in_the_same_read_as_its_body_is_measured_too(scripted):
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-pad-%d: %s\r\n" % (i, b"p" * 900) for i in range(40))
+
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(head + b"content-length: 2\r\n\r\nok")
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    small = H1Transport(max_head_bytes=16 * 1024)
+    roomy = H1Transport(max_head_bytes=64 * 1024)
+
+    with pytest.raises(httpx.RemoteProtocolError, match="max_head_bytes"):
+        await fetch(small, server.url + "/x")
+    assert await fetch(roomy, server.url + "/x") == (200, b"ok")
+    await small.aclose()
+    await roomy.aclose()
+
+
+async def test_a_response_with_more_than_max_headers_is_refused(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        count = int(request.headers["x-count"])
+        fields = b"".join(b"x-h%d: v\r\n" % i for i in range(count - 1))
+        writer.write(b"HTTP/1.1 200 OK\r\n" + fields + b"content-length: 2\r\n\r\nok")
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport(max_headers=100)
+    url = httpx.URL(server.url + "/x")
+
+    with pytest.raises(httpx.RemoteProtocolError, match="max_headers"):
+        await transport.send("GET", url, [(b"x-count", b"101")], b"", TIMEOUTS)
+    assert transport.open_connections == 0
+    response = await transport.send("GET", url, [(b"x-count", b"100")], b"", TIMEOUTS)
+    assert len(response.headers) == 100
+    await response.aclose()
+    await transport.aclose()
+
+
+async def test_bytes_after_a_complete_response_are_not_parsed_into_it_nor_into_the_next(scripted):
+    stray = b"HTTP/1.1 200 OK\r\nset-cookie: session=someone-elses\r\ncontent-length: 7\r\n\r\nnot-you"
+
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        if len(server.requests) == 1:
+            writer.write(b"HTTP/1.1 204 No Content\r\nx-first: yes\r\n\r\n" + stray)
+        else:
+            writer.write(framed(ANSWER, "length"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    response = await transport.send("POST", httpx.URL(server.url + "/x"), [], b"{}", TIMEOUTS)
+    headers = list(response.headers)
+    assert response.status == 204
+    assert [c async for c in response.aiter_raw()] == []
+    await response.aclose()
+    assert response.headers == headers == [(b"x-first", b"yes")]
+    assert await fetch(transport, server.url + "/x") == (200, ANSWER)
+    assert server.accepted == 2  # the connection the stray bytes came on was not used again
+    await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    "trailers",
+    [b"x-trailer: sneaky\r\n", b"content-length: 2\r\n", b"x-a: 1\r\ncontent-length: 2\r\nx-b: 2\r\n"],
+    ids=["plain-trailer", "content-length-trailer", "mixed-trailers"],
+)
+async def test_chunked_trailers_are_dropped_and_never_cut_the_body_short(scripted, trailers):
+    body = b"0123456789" * 10
+
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(body, "chunked")[: -len(b"\r\n")] + trailers + b"\r\n")
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    for _ in range(2):
+        response = await transport.send("GET", httpx.URL(server.url + "/x"), [], b"", TIMEOUTS)
+        head = list(response.headers)
+        assert b"".join([c async for c in response.aiter_raw()]) == body
+        assert response.headers == head
+        assert {name for name, _ in response.headers} == {b"content-type", b"transfer-encoding"}
+        await response.aclose()
+    assert server.accepted == 1
+    await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n\x81\x05hello",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ],
+    ids=["with-upgrade-header", "bare"],
+)
+async def test_a_101_switching_protocols_is_a_protocol_error_not_an_answer(scripted, reply):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply)
+        await writer.drain()
+        return False
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    with pytest.raises(httpx.RemoteProtocolError, match="101"):
+        await fetch(transport, server.url + "/x")
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (RST) rather than a clean FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_a_reset_during_a_close_delimited_body_is_an_error_not_its_end(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nthe first half of")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client has read what came so far
+        reset(writer)
+        return False
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError), match="reset"):
+        await fetch(transport, server.url + "/x")
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nx-folded: one\r\n two\r\ncontent-length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\ncontent-length: 5\n\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello<stray bytes after the answer>",
+    ],
+    ids=["duplicate-content-length", "content-length-list", "obs-fold", "bare-lf", "stray-bytes-after"],
+)
+async def test_answers_httpx_reads_are_read_whole(scripted, reply):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply)
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    assert await fetch(transport, server.url + "/x") == (200, b"hello")
+    await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"gzip, chunked", b"identity", b"xchunked", b"chunked-foo", b"chunked, chunked"],
+)
+async def test_a_transfer_coding_other_than_exactly_chunked_is_a_protocol_error(scripted, coding):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: " + coding + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        await writer.drain()
+        return False
+
+    server = scripted(script)
+    transport = H1Transport()
+
+    with pytest.raises(httpx.RemoteProtocolError, match="transfer-coding"):
+        await fetch(transport, server.url + "/x")
+    assert transport.open_connections == 0
+    await transport.aclose()
+
+
+@pytest.mark.unit
+def test_headers_a_connection_header_nominates_are_not_forwarded_either_way():
+    raw = [
+        (b"Connection", b"keep-alive, X-Hop-Token"),
+        (b"x-hop-token", b"secret"),
+        (b"connection", b" X-Other-Hop ,,"),
+        (b"X-Other-Hop", b"1"),
+        (b"keep-alive", b"timeout=5"),
+        (b"content-type", b"application/json"),
+        (b"x-end-to-end", b"kept"),
+    ]
+
+    assert forward_headers(raw) == [(b"content-type", b"application/json"), (b"x-end-to-end", b"kept")]
+    assert response_headers(raw) == [(b"content-type", b"application/json"), (b"x-end-to-end", b"kept")]
+    plain = [(b"Content-Type", b"text/plain"), (b"Content-Length", b"3")]
+    assert forward_headers(plain) == [(b"Content-Type", b"text/plain")]
+    assert response_headers(plain) == [(b"content-type", b"text/plain"), (b"content-length", b"3")]
+
+
 # ------------------------------------------------------------------------------ through the proxy
 
 
@@ -414,6 +660,88 @@ def test_a_clients_expect_100_continue_is_answered_by_the_proxy_not_forwarded(sc
     assert response.status_code == 200
     assert response.content == ANSWER
     assert "expect" not in primary.requests[0].headers
+
+
+def test_headers_named_in_connection_go_no_further_than_their_hop(scripted, proxy_factory):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        extra = b"connection: x-upstream-hop\r\nx-upstream-hop: for the proxy only\r\nx-kept: yes\r\n"
+        writer.write(framed(ANSWER, "length", extra=extra))
+        await writer.drain()
+        return True
+
+    primary = scripted(script)
+    proxy = proxy_factory(primary.url + "/v1", None)
+
+    response = httpx.post(
+        proxy.base_url + "/chat/completions",
+        json={"model": "m", "messages": CHAT},
+        headers={"Connection": "keep-alive, X-Client-Hop", "X-Client-Hop": "for the proxy only"},
+    )
+
+    assert response.status_code == 200
+    assert "x-upstream-hop" not in response.headers
+    assert response.headers["x-kept"] == "yes"
+    assert "x-client-hop" not in primary.requests[0].headers
+
+
+def test_a_primary_that_switches_protocols_is_a_502(scripted, proxy_factory):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+        await writer.drain()
+        return False
+
+    primary = scripted(script)
+    proxy = proxy_factory(primary.url + "/v1", None)
+
+    response = httpx.post(proxy.base_url + "/chat/completions", json={"model": "m", "messages": CHAT})
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+
+
+def test_a_candidate_answer_past_the_record_cap_is_cut_off_and_recorded_as_truncated(
+    scripted, proxy_factory, primary
+):
+    async def endless(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 999999999\r\n\r\n"
+        )
+        return await write_forever(writer, b'{"choices": [' * 1024)
+
+    candidate = scripted(endless)
+    proxy = proxy_factory(
+        primary.base_url,
+        candidate.url + "/v1",
+        shadow={"max_record_bytes": 4096},
+        candidate={"timeout_s": 30},
+    )
+
+    answer = httpx.post(proxy.base_url + "/chat/completions", json={"model": "m", "messages": CHAT})
+
+    assert answer.status_code == 200
+    [pair] = proxy.pairs(expected=1, timeout=10)
+    assert pair["candidate"]["truncated"] is True
+    assert pair["candidate"]["error"] is None
+    assert pair["candidate"]["text"].startswith('{"choices": [')
+    assert pair["primary"]["truncated"] is False
+    wait_for(lambda: candidate.closed == 1, what="the proxy dropped the candidate's connection")
+
+
+def test_a_primary_answer_past_the_record_cap_reaches_the_client_whole(
+    upstream_factory, proxy_factory, candidate
+):
+    text = "0123456789abcdef" * (9 * 1024 * 1024 // 16)  # 9 MiB: past the 8 MiB default record cap
+    primary = upstream_factory("primary-model", lambda route, body: Reply(text=text))
+    proxy = proxy_factory(primary.base_url, candidate.base_url)
+
+    answer = httpx.post(
+        proxy.base_url + "/chat/completions", json={"model": "m", "messages": CHAT}, timeout=30
+    )
+
+    assert answer.json()["choices"][0]["message"]["content"] == text
+    [pair] = proxy.pairs(expected=1, timeout=10)
+    assert pair["primary"]["truncated"] is True
+    assert pair["candidate"]["truncated"] is False
 
 
 @pytest.fixture(scope="module")
