@@ -17,12 +17,13 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from shadowtap.config import Settings
 from shadowtap.errors import PrimaryStreamBroken, openai_error_body
 from shadowtap.metrics import Metrics, route_label
+from shadowtap.proxy.logs import ThrottledLog
 from shadowtap.proxy.paths import canonical_path
 from shadowtap.proxy.protocol import ProxyHttpProtocol
 from shadowtap.proxy.record import SideAssembler, SideResult
@@ -59,6 +60,7 @@ class Proxy:
             else None
         )
         self.in_flight = 0
+        self.log_once = ThrottledLog(log)  # for what clients can cause at any rate
 
     async def start(self) -> None:
         if self.shadow is not None:
@@ -71,26 +73,30 @@ class Proxy:
         if self.candidate is not None:
             await self.candidate.aclose()
 
-    async def handle(self, request: Request) -> Response | StreamRelay:
-        """Pass one request through to the primary and its answer back; mirror it when it is sampled."""
+    async def handle(
+        self, scope: dict[str, Any], body: bytes, rest: AsyncIterator[bytes] | None = None
+    ) -> Response | StreamRelay:
+        """Pass one request through to the primary and its answer back; mirror it when it is sampled.
+
+        `body` is the request body, or, when `rest` is given, its first part: a body over the mirroring
+        limit is streamed to the primary as it arrives (and never mirrored)."""
         t0 = time.perf_counter()
-        scope = request.scope
         path = scope["path"]
         route = route_label(path)
         method = scope["method"]
         target = canonical_path(scope.get("raw_path"), path)
         if target is None:
             return self._rejected_path()
-        body = self._body_to_forward(method, await request.body())
-        headers = forward_headers(scope["headers"])
+        forwarded, stream = self._body_to_forward(method, body, rest)
+        headers = self._headers_to_forward(scope)
 
         # The primary's request goes out first; the shadow decision (a JSON parse and a few lookups) is
         # made while the primary works, not before.
         t_sent = time.perf_counter()
         exchange: Exchange | Exception
         try:
-            exchange = await self.primary.start(method, target, headers, body, scope.get("query_string", b""))
-        except asyncio.CancelledError:  # the client left while a connection was being made
+            exchange = await self._start_primary(method, target, headers, forwarded, scope, stream)
+        except (asyncio.CancelledError, ClientDisconnect):  # the client left (mid-body, or while connecting)
             self._client_left(route, None, t_sent)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a 502/504 for the user
@@ -125,13 +131,51 @@ class Proxy:
             await upstream.aclose()
         return self._buffered(upstream, b"".join(chunks), route, job, assembler, t0, t_sent)
 
-    def _body_to_forward(self, method: str, body: bytes) -> bytes:
-        """The body as the primary gets it: none for GET, HEAD, OPTIONS and TRACE, whose bodies a primary
-        may ignore and then read as the next request on the connection."""
-        if body and method in BODYLESS_METHODS:
-            self.metrics.request_bodies_dropped.labels(method=method).inc()
-            return b""
-        return body
+    async def _start_primary(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        scope: dict[str, Any],
+        stream: AsyncIterator[bytes] | None,
+    ) -> Exchange:
+        query = scope.get("query_string", b"")
+        if stream is None:
+            assert body is not None
+            return await self.primary.start(method, target, headers, body, query)
+        primary = self.primary
+        url = primary.target(target, query)
+        return await primary.transport.start(method, url, headers, None, primary.timeouts, stream=stream)
+
+    def _body_to_forward(
+        self, method: str, body: bytes, rest: AsyncIterator[bytes] | None
+    ) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
+        """The body as the primary gets it: whole, or streamed (None and the stream); none at all for GET,
+        HEAD, OPTIONS and TRACE, whose bodies a primary may ignore and then read as the next request on
+        the connection (the rest of such a body is read and thrown away by the server)."""
+        if method in BODYLESS_METHODS:
+            if body:
+                self.metrics.request_bodies_dropped.labels(method=method).inc()
+            return b"", None
+        if rest is None:
+            return body, None
+        return None, _prefixed(body, rest)
+
+    def _headers_to_forward(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """The client's headers as the primary gets them: hop-by-hop ones gone, X-Forwarded-For as
+        `server.forwarded_for` says (the client's address appended, by default)."""
+        headers = forward_headers(scope["headers"])
+        mode = self.settings.server.forwarded_for
+        if mode == "pass":
+            return headers
+        sent = [v for k, v in headers if k.lower() == b"x-forwarded-for"]
+        if sent:
+            headers = [(k, v) for k, v in headers if k.lower() != b"x-forwarded-for"]
+        client = scope.get("client")
+        if mode == "append" and client:
+            headers.append((b"x-forwarded-for", b", ".join([*sent, client[0].encode("latin-1")])))
+        return headers
 
     def _rejected_path(self) -> Response:
         self.metrics.requests_rejected.labels(reason="path").inc()
@@ -309,15 +353,6 @@ def create_app(
     app = FastAPI(title="shadowtap", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
 
-    async def passthrough(request: Request) -> Response:
-        proxy: Proxy = request.app.state.proxy
-        # A StreamRelay is an ASGI response that Starlette calls just as it calls a Response.
-        return await proxy.handle(request)  # type: ignore[return-value]
-
-    app.add_route(
-        "/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    )
-
     if settings.server.metrics_port is None:
 
         async def metrics_endpoint(request: Request) -> Response:
@@ -336,7 +371,7 @@ def create_app(
         )
 
     app.add_exception_handler(404, not_found)
-    return FastPath(app)
+    return FastPath(app, ProxyHttpProtocol.bound(settings.server, metrics))
 
 
 class FastPath:
@@ -344,40 +379,106 @@ class FastPath:
     through the FastAPI app. The passthrough needs none of FastAPI's per-request machinery, and this is
     the hottest path in the process."""
 
-    http_protocol = ProxyHttpProtocol  # what uvicorn should serve this app with
-
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, http_protocol: type[ProxyHttpProtocol]) -> None:
         self.app = app
         self.state = app.state
+        self.http_protocol = http_protocol  # what uvicorn must serve this app with (the client-side limits)
+        limits = http_protocol.limits
+        # uvicorn's own settings that the limits need; `shadowtap serve` and the test servers pass them.
+        self.server_options: dict[str, Any] = {
+            "http": http_protocol,
+            "timeout_keep_alive": limits.idle_timeout_s,
+            "limit_concurrency": limits.limit_concurrency,
+            "proxy_headers": False,  # the client's address is the socket's; X-Forwarded-For is forwarded
+            "ws": "none",
+        }
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            scope["app"] = self.app
-            request = Request(scope, receive)
-            await request.body()  # read (and kept by the request) before anything watches `receive`
-            watch = ClientWatch(receive)
-            proxy: Proxy = self.app.state.proxy
-            try:
-                response: Response | StreamRelay
-                try:
-                    response = await proxy.handle(request)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("proxy handler failed on %s", scope["path"])
-                    response = openai_error(
-                        500, "The proxy failed to handle this request.", "server_error", "proxy_error"
-                    )
-                with contextlib.suppress(PrimaryStreamBroken):  # the server then closes the connection
-                    await response(scope, receive, watch.wrap(send))
-            except asyncio.CancelledError:
-                if not watch.gone:
-                    raise
-                watch.uncancel()  # the client left; nothing else asked for the cancellation
-            finally:
-                watch.stop()
+            await self._proxy(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _proxy(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["app"] = self.app
+        proxy: Proxy = self.app.state.proxy
+        watch = ClientWatch(receive)
+        try:
+            # The body is read before anything watches `receive`; one over the mirroring limit is read
+            # only that far, and the rest streams to the primary (the watch starts once it is all in).
+            body, rest = await read_body(receive, proxy.settings.shadow.max_body_bytes, watch.start)
+            if rest is None:
+                watch.start()
+            response = await self._response(proxy, scope, body, rest)
+            with contextlib.suppress(PrimaryStreamBroken):  # the server then closes the connection
+                await response(scope, receive, watch.wrap(send))
+        except ClientDisconnect:
+            if "shadowtap.refused" not in scope:  # a refusal mid-body is counted as that
+                proxy.metrics.incomplete_requests.inc()
+                proxy.log_once("incomplete", "a client hung up before sending its whole request body")
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            watch.uncancel()  # the client left; nothing else asked for the cancellation
+        except Exception:
+            proxy.metrics.proxy_errors.labels(route=route_label(scope["path"])).inc()
+            raise  # uvicorn logs it and closes the connection: the response was already under way
+        finally:
+            watch.stop()
+
+    @staticmethod
+    async def _response(
+        proxy: Proxy, scope: dict[str, Any], body: bytes, rest: AsyncIterator[bytes] | None
+    ) -> Response | StreamRelay:
+        try:
+            return await proxy.handle(scope, body, rest)
+        except (asyncio.CancelledError, ClientDisconnect):
+            raise
+        except Exception:
+            proxy.metrics.proxy_errors.labels(route=route_label(scope["path"])).inc()
+            log.exception("proxy handler failed on %s", scope["path"])
+            return openai_error(
+                500, "The proxy failed to handle this request.", "server_error", "proxy_error"
+            )
+
+
+async def read_body(
+    receive: Any, hold: int, on_end: Callable[[], None]
+) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """The request body, whole (and None), or, past `hold` bytes, what was read so far and an iterator
+    over the rest, which calls `on_end` once the body is all in. ClientDisconnect if the client leaves."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+        if size > hold:
+            return b"".join(chunks), _rest_of_body(receive, on_end)
+
+
+async def _rest_of_body(receive: Any, on_end: Callable[[], None]) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            on_end()
+            return
+
+
+async def _prefixed(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _large_or_unsized(upstream: UpstreamResponse) -> bool:

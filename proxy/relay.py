@@ -52,7 +52,12 @@ class ClientWatch:
         assert task is not None
         self._task = task
         self._receive = receive
-        self._watch()
+        self._watcher: asyncio.Future[dict[str, Any]] | None = None
+
+    def start(self) -> None:
+        """Begin watching; call once the request body is all in (the watch reads `receive`)."""
+        if self._watcher is None and not self._done:
+            self._watch()
 
     def _watch(self) -> None:
         self._watcher = asyncio.ensure_future(self._receive())
@@ -79,7 +84,8 @@ class ClientWatch:
 
     def stop(self) -> None:
         self._done = True
-        self._watcher.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
     def uncancel(self) -> None:
         """Withdraw the cancellation this watch asked for when the client left (`Task.uncancel`)."""

@@ -76,8 +76,22 @@ class Metrics:
         # Request path
         self.requests_rejected = Counter(
             "shadowtap_requests_rejected_total",
-            "Client requests the proxy refused itself, by reason (path: the path leaves /v1/).",
+            "Client requests the proxy refused or cut off itself, by reason: path (leaves /v1/, 400), "
+            "method (405), head_too_large (431), body_too_large (413), head_timeout and body_timeout (408), "
+            "send_timeout (a client that stopped reading was disconnected), concurrency (503).",
             ["reason"],
+            registry=r,
+        )
+        self.proxy_errors = Counter(
+            "shadowtap_proxy_errors_total",
+            "Requests the proxy itself failed (answered 500, or cut off a response it had begun), by route.",
+            ["route"],
+            registry=r,
+        )
+        self.incomplete_requests = Counter(
+            "shadowtap_incomplete_requests_total",
+            "Requests whose client hung up before its whole body was in (a primary request already "
+            'streaming that body is abandoned); a hang-up while waiting for the answer is requests_total{status="client_closed"}.',
             registry=r,
         )
         self.request_bodies_dropped = Counter(

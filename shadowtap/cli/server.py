@@ -82,6 +82,6 @@ def serve(settings: Settings) -> None:
         # uvicorn hands this to asyncio.wait_for, which takes a float; only its annotation says int.
         timeout_graceful_shutdown=settings.server.shutdown_grace_s,  # type: ignore[arg-type]  # a float works
         lifespan="on",
-        http=app.http_protocol,
+        **app.server_options,  # the proxy's protocol and the uvicorn settings its limits need
     )
     uvicorn.Server(config).run()

@@ -83,7 +83,8 @@ def serve_in_thread(
         date_header=False,
         # uvicorn annotates this as int, but hands it to asyncio.wait_for, which takes seconds as a float
         timeout_graceful_shutdown=graceful_shutdown_s,  # type: ignore[arg-type]
-        http=getattr(app, "http_protocol", "auto"),  # the proxy brings its own (proxy/protocol.py)
+        # The proxy brings its own protocol (proxy/protocol.py) and the uvicorn settings its limits need.
+        **getattr(app, "server_options", {"http": "auto"}),
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
