@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,9 +66,38 @@ def _embedded_scoring(settings: Settings, metrics: Metrics) -> EmbeddedScoring |
     return EmbeddedScoring(settings, metrics)
 
 
+def file_limit_for(settings: Settings) -> int:
+    """Open files the proxy may need at once: client connections, both upstream pools, and a margin
+    for the sink, the spill file, the metrics port and the event loop."""
+    pools = settings.primary.max_connections + (
+        settings.candidate.max_connections if settings.candidate.url else 0
+    )
+    return settings.server.limit_concurrency + pools + 64
+
+
+def raise_file_limit(needed: int) -> int:
+    """Raise this process's soft open-file limit towards `needed` (never past the hard limit); the limit
+    now. A proxy out of file descriptors refuses every user, so a limit too low is said at start-up."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit is %d but server.limit_concurrency and the upstream pools may need %d; "
+            "raise it (ulimit -n) or lower server.limit_concurrency",
+            soft,
+            needed,
+        )
+    return soft
+
+
 def serve(settings: Settings) -> None:
     """Run the proxy until SIGINT/SIGTERM; uvicorn drains in-flight requests, then the shadows and sink."""
     app, metrics, _ = build(settings)
+    raise_file_limit(file_limit_for(settings))
     if settings.server.metrics_port is not None:
         host = settings.server.metrics_host or settings.server.host
         start_http_server(settings.server.metrics_port, addr=host, registry=metrics.registry)

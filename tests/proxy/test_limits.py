@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +27,7 @@ import openai
 import pytest
 
 from shadowtap.testing.upstreams import ServerHandle, serve_in_thread
-from tests.helpers import wait_for
+from tests.helpers import free_port, healthy, wait_for
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Where is my parcel?"}]}).encode()
 
@@ -425,3 +430,45 @@ def test_the_proxys_own_failure_is_an_openai_shaped_500_and_counted(limited, pri
     assert reply.json()["error"]["code"] == "proxy_error"
     assert proxy.metric("shadowtap_proxy_errors_total", route="/v1/chat/completions") == 1
     assert primary.sim.received == []
+
+
+def _soft_file_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_serve_raises_a_low_open_file_limit_to_what_its_connection_cap_needs(tmp_path, primary):
+    """Started under `ulimit -n 256`, the proxy raises its own soft limit (up to the hard one) to fit
+    server.limit_concurrency and the upstream pools, so idle sockets cannot exhaust its descriptors."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 300 + 10 + 64  # limit_concurrency + primary.max_connections + the margin
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    port = free_port()
+    config = tmp_path / "shadowtap.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "primary": {"url": primary.base_url, "max_connections": 10},
+                "server": {"port": port, "limit_concurrency": 300},
+                "sink": {"data_dir": str(tmp_path / "data")},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), 30, interval=0.05, what="shadowtap serve")
+        limit = _soft_file_limit(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    assert limit == needed
