@@ -212,6 +212,7 @@ class Proxy:
                 streaming=is_stream,
                 started=t_sent,
                 content_encoding=encoding.decode("latin-1") if encoding else None,
+                max_bytes=self.settings.shadow.max_record_bytes,  # the client still gets every byte
             )
         except ValueError as exc:
             self._resolve(job, SideResult(status=upstream.status).fail("undecodable", str(exc)))

@@ -26,7 +26,7 @@ import httpx
 import openai
 import pytest
 
-from shadowtap.testing.upstreams import ServerHandle, serve_in_thread
+from shadowtap.testing.upstreams import Reply, ServerHandle, serve_in_thread
 from tests.helpers import free_port, healthy, wait_for
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Where is my parcel?"}]}).encode()
@@ -472,3 +472,20 @@ def test_serve_raises_a_low_open_file_limit_to_what_its_connection_cap_needs(tmp
         proc.wait(timeout=30)
 
     assert limit == needed
+
+
+def test_a_primary_answer_over_the_record_cap_reaches_the_client_whole_and_is_recorded_truncated(
+    proxy_factory, upstream_factory
+):
+    long_text = "All refunds are processed within five working days. " * 8000  # ~420 KB of answer
+    primary = upstream_factory("primary-model", lambda route, body: Reply(text=long_text))
+    candidate = upstream_factory("candidate-model")
+    proxy = proxy_factory(primary.base_url, candidate.base_url, shadow={"max_record_bytes": 64 * 1024})
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0)
+    answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Refunds?"}])
+    client.close()
+
+    assert answer.choices[0].message.content == long_text
+    [pair] = proxy.pairs(1)
+    assert pair["primary"]["truncated"] is True
+    assert pair["candidate"]["truncated"] is False
