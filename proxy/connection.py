@@ -27,7 +27,8 @@ _READ_HIGH_WATER = 256 * 1024  # pause reading from the socket while this much b
 
 
 class _Refused(Exception):
-    """Raised inside a parser callback to stop the parse; the reason is already the connection's error."""
+    """Raised inside a parser callback to stop the parse: the connection's error says why, or the answer is
+    already complete and what follows it is not read."""
 
 
 class H1Connection(asyncio.Protocol):
@@ -60,6 +61,7 @@ class H1Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._paused = False
         self._interim = False  # parsing a 1xx informational response, which a final one follows
+        self._head_only = False  # the answer to a HEAD request: no body, whatever its head says
         # Until the final response's headers are in: what has come so far, to measure and maybe repair it.
         self._in_head = False
         self._head_seen = 0  # bytes received since the response began
@@ -77,25 +79,22 @@ class H1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None:  # bytes nobody asked for: the connection cannot be trusted any more
-            self._fail(httpx.RemoteProtocolError("the server sent data with no request outstanding"))
-            self.close()
-            return
-        if self._complete:  # bytes after the answer: it stands, but the next one would start mid-stream
-            self.close()
-            return
-        if self._in_head:
-            self._head_received(parser, data)
+        if parser is None or self._complete or self._in_head:
+            self._received_outside_body(parser, data)
             return
         buffered = self._buffered
-        self._feed(parser, data)
-        if self._buffered != buffered:
-            self._framing_run = 0
-        else:
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_failed(_parse_error(exc))
+            return
+        if self._buffered == buffered:  # no body in this read: chunk framing or trailers only
             self._framing_run += len(data)
-            if self._framing_run > self.max_head_bytes and not self._complete and self._error is None:
+            if self._framing_run > self.max_head_bytes and not self._complete:
                 self._fail(_too_large("the response's chunk framing or trailers", self.max_head_bytes))
                 self.close()
+        elif self._framing_run:
+            self._framing_run = 0
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
@@ -119,32 +118,23 @@ class H1Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ httptools callbacks
 
-    def on_message_begin(self) -> None:
-        if self._complete:  # a second response in the same read as the first: nobody asked for it
-            raise _Refused()
-
     def on_status(self, status: bytes) -> None:
         self._reason += status
         self._head_size += len(status) + 15  # "HTTP/1.1 200 " and the line end
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a chunked trailer: dropped, never a header of the response already handed out
-        headers = self._headers
-        headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if len(headers) > self.max_headers:
-            self._refuse(
-                httpx.RemoteProtocolError(
-                    f"the response has more than max_headers ({self.max_headers}) headers"
-                )
-            )
-        if self._head_size > self.max_head_bytes:
-            self._refuse(_too_large("the response head", self.max_head_bytes))
+        if self._in_head:  # not a chunked trailer, which is dropped: the head is already handed out
+            headers = self._headers
+            headers.append((name, value))
+            self._head_size += len(name) + len(value) + 4
+            if len(headers) > self.max_headers or self._head_size > self.max_head_bytes:
+                self._refuse_head()
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         assert parser is not None  # the parser is the one calling
+        if self._complete:  # a second response in the same read as the first: nobody asked for it
+            raise _Refused()
         status = parser.get_status_code()
         if status == 101:
             self._refuse(
@@ -162,11 +152,16 @@ class H1Connection(asyncio.Protocol):
         self._status = status
         chunked, length = self._framing()
         self._until_close = not (chunked or length) and status not in (204, 304)
-        # A bare LF ends a line of the head only, as in h11; and a Content-Length among the trailers (which
-        # are dropped) is no framing conflict.
-        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False, lenient_chunked_length=chunked)
+        if chunked:  # a Content-Length among the trailers (which are dropped) is no framing conflict
+            parser.set_dangerous_leniencies(lenient_chunked_length=True)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
+        if self._head_only:
+            # The parser cannot be told a HEAD response has no body: it ends here, and whatever follows
+            # (a body sent anyway, or the next response) closes the connection, which is not reused.
+            self._complete = True
+            self._until_close = True
+            raise _Refused()
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -185,13 +180,14 @@ class H1Connection(asyncio.Protocol):
         parser = self._parser
         assert parser is not None  # the parser is the one calling
         self._complete = True
-        # As h11: an HTTP/1.0 server's connection is not kept, whatever it says.
-        self._keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+        self._keep_alive = parser.should_keep_alive()
         self._wake()
 
     # ------------------------------------------------------------------ used by the transport
 
-    def begin(self) -> None:
+    def begin(self, head_only: bool = False) -> None:
+        """Get ready for the response to the request about to be written (`head_only`: to a HEAD)."""
+        self._head_only = head_only
         self._new_parser()
         self._head = asyncio.get_running_loop().create_future()
         self._body.clear()
@@ -236,12 +232,6 @@ class H1Connection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
-    def end_without_body(self) -> None:
-        """A response to HEAD: the parser cannot be told it has no body, so it ends here, and the
-        connection is not reused."""
-        self._complete = True
-        self._until_close = True
-
     def reusable(self) -> bool:
         return self._complete and self._keep_alive and not self.closed and not self._until_close
 
@@ -269,8 +259,7 @@ class H1Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ inside
 
     def _new_parser(self) -> None:
-        parser = self._parser = httptools.HttpResponseParser(self)
-        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
         self._headers = []
         self._interim = False
@@ -279,14 +268,18 @@ class H1Connection(asyncio.Protocol):
     def _feed(self, parser: httptools.HttpResponseParser, data: bytes) -> None:
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # the 101 is refused before this; any other upgrade too
-            self._parse_failed(
-                httpx.RemoteProtocolError("the server switched protocols; the proxy never upgrades")
-            )
-        except httptools.HttpParserError as exc:
-            self._parse_failed(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_failed(_parse_error(exc))
 
-    def _head_received(self, parser: httptools.HttpResponseParser, data: bytes) -> None:
+    def _received_outside_body(self, parser: httptools.HttpResponseParser | None, data: bytes) -> None:
+        """Bytes with no request outstanding, after the answer, or before its headers are all in."""
+        if parser is None:  # bytes nobody asked for: the connection cannot be trusted any more
+            self._fail(httpx.RemoteProtocolError("the server sent data with no request outstanding"))
+            self.close()
+            return
+        if self._complete:  # bytes after the answer: it stands, but the next one would start mid-stream
+            self.close()
+            return
         self._head_data.append(data)
         self._head_seen += len(data)
         if self._repairing is not None:
@@ -309,7 +302,7 @@ class H1Connection(asyncio.Protocol):
         self.close()
 
     def _repair(self) -> None:
-        """Parse the head again as h11 reads it (folded lines unfolded, one Content-Length), once it is all in."""
+        """Parse the head again as h11 reads it (bare LFs, folded lines, one Content-Length), once it is in."""
         error = self._repairing
         assert error is not None
         if self._head_seen > self.max_head_bytes:
@@ -347,6 +340,15 @@ class H1Connection(asyncio.Protocol):
             self._refuse(httpx.RemoteProtocolError(f"unsupported transfer-coding {codings[:100]!r}"))
         return True, length
 
+    def _refuse_head(self) -> None:
+        if len(self._headers) > self.max_headers:
+            self._refuse(
+                httpx.RemoteProtocolError(
+                    f"the response has more than max_headers ({self.max_headers}) headers"
+                )
+            )
+        self._refuse(_too_large("the response head", self.max_head_bytes))
+
     def _refuse(self, exc: httpx.RemoteProtocolError) -> None:
         self._fail(exc)
         raise _Refused()
@@ -363,6 +365,12 @@ class H1Connection(asyncio.Protocol):
             self._waiter.set_result(None)
 
 
+def _parse_error(exc: Exception) -> httpx.RemoteProtocolError:
+    if isinstance(exc, httptools.HttpParserUpgrade):  # a 101 is refused before this; any other upgrade too
+        return httpx.RemoteProtocolError("the server switched protocols; the proxy never upgrades")
+    return httpx.RemoteProtocolError(f"malformed HTTP response: {exc}")
+
+
 def _too_large(what: str, limit: int) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"{what} is larger than max_head_bytes ({limit} bytes)")
 
@@ -371,18 +379,18 @@ def _too_large(what: str, limit: int) -> httpx.RemoteProtocolError:
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
-_MAY_REPAIR = re.compile(rb"(?im)\n[ \t]|^content-length[ \t]*:[^\r\n]*,")
+_MAY_REPAIR = re.compile(rb"(?im)(?<!\r)\n|\n[ \t]|^content-length[ \t]*:[^\r\n]*,")
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:")
 
 
 def _may_repair(data: bytes) -> bool:
-    """Whether the head holds a folded line or a repeated Content-Length, which h11 reads and llhttp does not."""
+    """Whether the head has what h11 reads and llhttp refuses: a bare LF, a folded line, a repeated length."""
     return _MAY_REPAIR.search(data) is not None or len(_CONTENT_LENGTH.findall(data)) > 1
 
 
 def _repaired_heads(data: bytes) -> bytes | None:
     """`data` with the response heads at its start (1xx ones, then the final one) rewritten as h11 reads
-    them; None while the final head has not all arrived."""
+    them (lines ended by CRLF); None while the final head has not all arrived."""
     heads = []
     start = 0
     while True:

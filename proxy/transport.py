@@ -48,7 +48,9 @@ class UpstreamResponse:
     def __init__(self, transport: H1Transport, conn: H1Connection, read_timeout: float | None) -> None:
         self.status = conn.status
         self.reason = conn.reason
-        self.headers = conn.headers  # raw (name, value) pairs as the server sent them
+        self.headers = (
+            conn.headers
+        )  # raw (name, value) pairs as the server sent them; trailers never join them
         self._transport = transport
         self._conn = conn
         self._read_timeout = read_timeout
@@ -79,15 +81,12 @@ class UpstreamResponse:
 class Exchange:
     """A request on its way: `response()` waits for the response headers."""
 
-    __slots__ = ("_transport", "_conn", "_read_timeout", "_head_only")
+    __slots__ = ("_transport", "_conn", "_read_timeout")
 
-    def __init__(
-        self, transport: H1Transport, conn: H1Connection, read_timeout: float | None, head_only: bool
-    ) -> None:
+    def __init__(self, transport: H1Transport, conn: H1Connection, read_timeout: float | None) -> None:
         self._transport = transport
         self._conn = conn
         self._read_timeout = read_timeout
-        self._head_only = head_only
 
     async def response(self) -> UpstreamResponse:
         conn = self._conn
@@ -96,8 +95,6 @@ class Exchange:
         except BaseException:
             self._transport._discard(conn)
             raise
-        if self._head_only:
-            conn.end_without_body()
         return UpstreamResponse(self._transport, conn, self._read_timeout)
 
 
@@ -188,7 +185,8 @@ class H1Transport(httpx.AsyncBaseTransport):
     ) -> Exchange:
         """Send one request (`headers` as given, plus Host and the body's length when missing); the
         caller then awaits `response()` on what comes back, and must, exactly once. `body` None with a
-        `stream` sends the stream chunked. With a pooled connection free this never suspends."""
+        `stream` sends the stream chunked, or as it is when `headers` give its Content-Length (then it must
+        be exactly that long). With a pooled connection free this never suspends."""
         if self._closed:
             raise RuntimeError("the transport is closed")
         origin = _origin(url)
@@ -201,10 +199,12 @@ class H1Transport(httpx.AsyncBaseTransport):
         conn: H1Connection | None = None
         try:
             conn = self._take_idle(origin) or await self._connect(origin, timeouts.connect)
-            head = _head_bytes(method, url, headers, body)
+            head, declared = _head_bytes(method, url, headers, body)
             write = conn.transport.write
-            conn.begin()
-            if body is None:
+            conn.begin(head_only=method == "HEAD")
+            if body is None and declared is not None:
+                await _write_sized(write, head, stream, declared)
+            elif body is None:
                 await _write_chunked(write, head, stream)
             elif len(body) < 65536:
                 write(head + body)  # one write, one segment: the server wakes once
@@ -217,7 +217,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             else:
                 slots.release()
             raise
-        return Exchange(self, conn, timeouts.read, method == "HEAD")
+        return Exchange(self, conn, timeouts.read)
 
     def _take_idle(self, origin: tuple[bytes, str, int]) -> H1Connection | None:
         idle = self._idle.get(origin)
@@ -313,14 +313,44 @@ async def _write_chunked(
     write(b"0\r\n\r\n")
 
 
-def _head_bytes(method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes | None) -> bytes:
+async def _write_sized(
+    write: Callable[[bytes], None], head: bytes, stream: AsyncIterable[bytes] | None, length: bytes
+) -> None:
+    """The head, then the body as it comes, unframed: exactly the `length` bytes its Content-Length says."""
+    expected = int(length) if length.isdigit() else -1
+    if expected < 0:
+        raise httpx.LocalProtocolError(f"the request's Content-Length {length[:40]!r} is not a length")
+    write(head)
+    sent = 0
+    if stream is not None:
+        async for chunk in stream:
+            sent += len(chunk)
+            if sent > expected:
+                raise httpx.LocalProtocolError(
+                    f"the request body is longer than its Content-Length ({expected})"
+                )
+            write(chunk)
+    if sent != expected:
+        raise httpx.LocalProtocolError(
+            f"the request body ended {sent} bytes into its Content-Length ({expected})"
+        )
+
+
+def _head_bytes(
+    method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes | None
+) -> tuple[bytes, bytes | None]:
+    """The request head, and the Content-Length the caller's headers declare (None: none)."""
     parts = [method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
     has_host = has_length = False
+    declared: bytes | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"host":
             has_host = True
-        elif lowered == b"content-length" or lowered == b"transfer-encoding":
+        elif lowered == b"content-length":
+            has_length = True
+            declared = value.strip()
+        elif lowered == b"transfer-encoding":
             has_length = True
         parts += (name, b": ", value, b"\r\n")
     if not has_host:
@@ -331,7 +361,7 @@ def _head_bytes(method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]],
         elif body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             parts += (b"content-length: ", str(len(body)).encode(), b"\r\n")
     parts.append(b"\r\n")
-    return b"".join(parts)
+    return b"".join(parts), declared
 
 
 def _has_content(request: httpx.Request) -> bool:

@@ -392,6 +392,34 @@ async def test_an_httpx_client_on_the_transport_sends_json_and_streams_bodies(sc
     assert server.accepted == 1
 
 
+async def test_a_streamed_body_with_a_content_length_goes_out_as_that_many_bytes_not_chunked(scripted):
+    async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
+        writer.write(framed(b'{"got": %d}' % len(request.body), "length"))
+        await writer.drain()
+        return True
+
+    server = scripted(script)
+    transport = H1Transport()
+    url = httpx.URL(server.url + "/v1/files")
+
+    async def upload(*pieces: bytes) -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    sized = [(b"content-type", b"application/octet-stream"), (b"content-length", b"9")]
+    response = await transport.send("POST", url, sized, None, TIMEOUTS, stream=upload(b"abc", b"def", b"ghi"))
+    assert b"".join([c async for c in response.aiter_raw()]) == b'{"got": 9}'
+    await response.aclose()
+    assert server.requests[0].body == b"abcdefghi"
+    assert "transfer-encoding" not in server.requests[0].headers
+
+    for pieces in [(b"abc",), (b"abcdef", b"ghij")]:  # shorter, then longer, than the length it declared
+        with pytest.raises(httpx.LocalProtocolError, match="Content-Length"):
+            await transport.send("POST", url, sized, None, TIMEOUTS, stream=upload(*pieces))
+    assert transport.open_connections <= 1  # only the pooled one: the half-sent requests' are dropped
+    await transport.aclose()
+
+
 # ------------------------------------------------------------------------------ hostile upstreams
 
 
