@@ -423,6 +423,9 @@ async def test_a_streamed_body_with_a_content_length_goes_out_as_that_many_bytes
 # ------------------------------------------------------------------------------ hostile upstreams
 
 
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
 async def write_forever(writer: asyncio.StreamWriter, piece: bytes, limit: int = 16 * 1024 * 1024) -> bool:
     """Write `piece` over and over until the client hangs up (or `limit` bytes are out, then wait)."""
     sent = 0
@@ -443,10 +446,18 @@ async def write_forever(writer: asyncio.StreamWriter, piece: bytes, limit: int =
         (b"HTTP/1.1 200 OK\r\n", b"x-padding: " + b"p" * 1000 + b"\r\n"),
         (b"HTTP/1.1 200 OK\r\nx-endless: ", b"v" * 4096),
         (b"", b"HTTP/1.1 100 Continue\r\nx-hint: 1\r\n\r\n"),
+        (CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n", b"x-trailer: " + b"t" * 1000 + b"\r\n"),
+        (CHUNKED_HEAD + b"5;", b"e" * 4096),
     ],
-    ids=["headers-forever", "one-header-value-forever", "interim-heads-forever"],
+    ids=[
+        "headers-forever",
+        "one-header-value-forever",
+        "interim-heads-forever",
+        "trailers-forever",
+        "chunk-extension-forever",
+    ],
 )
-async def test_a_response_head_past_max_head_bytes_is_refused_and_its_connection_dropped(scripted, flood):
+async def test_a_head_or_trailers_past_max_head_bytes_are_refused_and_the_connection_dropped(scripted, flood):
     start, piece = flood
 
     async def script(request: ScriptedRequest, writer: asyncio.StreamWriter) -> bool:
