@@ -144,6 +144,11 @@ class Proxy:
         if stream is None:
             assert body is not None
             return await self.primary.start(method, target, headers, body, query)
+        # A streamed body keeps the client's framing: its Content-Length when it declared one (the
+        # server has already held it to that length), chunked otherwise.
+        length = _header(scope["headers"], b"content-length")
+        if length is not None:
+            headers = [*headers, (b"content-length", length)]
         primary = self.primary
         url = primary.target(target, query)
         return await primary.transport.start(method, url, headers, None, primary.timeouts, stream=stream)
@@ -480,6 +485,14 @@ async def _prefixed(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[b
     yield first
     async for chunk in rest:
         yield chunk
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """A request header's value by lower-case name (the server gives names in lower case)."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
 def _large_or_unsized(upstream: UpstreamResponse) -> bool:
