@@ -70,6 +70,7 @@ class H1Connection(asyncio.Protocol):
         self._repairing: httpx.RemoteProtocolError | None = None  # the parse error a repair may undo
         self._repaired = False
         self._framing_run = 0  # bytes since the last body byte (chunk framing, trailers)
+        self._writable: asyncio.Future[None] | None = None  # while the socket's send buffer is full
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -99,8 +100,20 @@ class H1Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
 
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_exception(httpx.WriteError(f"the connection to the server broke mid-request: {exc}"))
         if self._parser is None or self._complete:
             return
         if self._repairing is not None:
@@ -203,6 +216,13 @@ class H1Connection(asyncio.Protocol):
         self._repaired = False
         self._framing_run = 0
         self.requests += 1
+
+    async def drain(self, timeout: float | None) -> None:
+        """Wait while the socket's send buffer is full: a request body goes out as fast as the server
+        reads it, not into memory. WriteTimeout past `timeout`, WriteError if the connection breaks."""
+        writable = self._writable
+        if writable is not None:
+            await _wait(writable, timeout, "sending the request body", httpx.WriteTimeout)
 
     async def read_head(self, timeout: float | None) -> None:
         assert self._head is not None
@@ -436,18 +456,25 @@ def _one_length(lines: list[bytes]) -> list[bytes]:
     return out
 
 
-async def _wait(future: asyncio.Future[None], timeout: float | None, doing: str) -> None:
+async def _wait(
+    future: asyncio.Future[None],
+    timeout: float | None,
+    doing: str,
+    expired: type[httpx.TimeoutException] = httpx.ReadTimeout,
+) -> None:
     if timeout is None:
         await future
         return
     loop = asyncio.get_running_loop()
-    handle = loop.call_later(timeout, _expire, future, doing, timeout)
+    handle = loop.call_later(timeout, _expire, future, doing, timeout, expired)
     try:
         await future
     finally:
         handle.cancel()
 
 
-def _expire(future: asyncio.Future[None], doing: str, timeout: float) -> None:
+def _expire(
+    future: asyncio.Future[None], doing: str, timeout: float, expired: type[httpx.TimeoutException]
+) -> None:
     if not future.done():
-        future.set_exception(httpx.ReadTimeout(f"timed out after {timeout:g}s {doing}"))
+        future.set_exception(expired(f"timed out after {timeout:g}s {doing}"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.flow_control import service_unavailable
@@ -328,7 +328,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             self.transport.write(error_response(refusal.status, refusal.code, refusal.message, extra))
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the app's `receive` says so, and nothing more is sent
-            cycle.scope["shadowtap.refused"] = refusal.reason  # counted here, not as a client hang-up
+            scope = cast(dict[str, Any], cycle.scope)  # the app's scope, with a key of the proxy's own
+            scope["shadowtap.refused"] = refusal.reason  # counted here, not as a client hang-up
             cycle.message_event.set()
         self.transport.close()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from shadowtap.config import ShadowSettings
 from shadowtap.records import PAIR_SCHEMA, PairRecord, SideError, SideRecord
@@ -34,7 +34,7 @@ class SideResult:
     truncated: bool = False  # the recorded body hit its cap; the rest of the answer was not kept
 
     def to_dict(self) -> SideRecord:
-        record: SideRecord = {
+        return {
             "model": self.model,
             "status": self.status,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
@@ -43,10 +43,8 @@ class SideResult:
             "finish_reason": self.finish_reason,
             "usage": self.usage,
             "error": self.error,
+            "truncated": self.truncated,
         }
-        # A pair/v2 side field that `SideRecord` does not declare yet.
-        cast(dict[str, Any], record)["truncated"] = self.truncated
-        return record
 
     def fail(self, kind: str, message: str) -> SideResult:
         if self.error is None:

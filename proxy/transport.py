@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import cast
 
 import httpx
@@ -203,9 +203,9 @@ class H1Transport(httpx.AsyncBaseTransport):
             write = conn.transport.write
             conn.begin(head_only=method == "HEAD")
             if body is None and declared is not None:
-                await _write_sized(write, head, stream, declared)
+                await _write_sized(conn, head, stream, declared, timeouts.read)
             elif body is None:
-                await _write_chunked(write, head, stream)
+                await _write_chunked(conn, head, stream, timeouts.read)
             elif len(body) < 65536:
                 write(head + body)  # one write, one segment: the server wakes once
             else:
@@ -302,24 +302,33 @@ async def _wait_for_slot(slots: asyncio.Semaphore, timeout: float | None, url: h
 
 
 async def _write_chunked(
-    write: Callable[[bytes], None], head: bytes, stream: AsyncIterable[bytes] | None
+    conn: H1Connection, head: bytes, stream: AsyncIterable[bytes] | None, timeout: float | None
 ) -> None:
-    """The head, then the body as it comes, in chunked transfer coding (no stream: an empty body)."""
+    """The head, then the body as it comes, in chunked transfer coding (no stream: an empty body), each
+    piece once the server has taken the last (`drain`)."""
+    write = conn.transport.write
     write(head)
     if stream is not None:
         async for chunk in stream:
             if chunk:
                 write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await conn.drain(timeout)
     write(b"0\r\n\r\n")
 
 
 async def _write_sized(
-    write: Callable[[bytes], None], head: bytes, stream: AsyncIterable[bytes] | None, length: bytes
+    conn: H1Connection,
+    head: bytes,
+    stream: AsyncIterable[bytes] | None,
+    length: bytes,
+    timeout: float | None,
 ) -> None:
-    """The head, then the body as it comes, unframed: exactly the `length` bytes its Content-Length says."""
+    """The head, then the body as it comes, unframed: exactly the `length` bytes its Content-Length says,
+    each piece once the server has taken the last (`drain`)."""
     expected = int(length) if length.isdigit() else -1
     if expected < 0:
         raise httpx.LocalProtocolError(f"the request's Content-Length {length[:40]!r} is not a length")
+    write = conn.transport.write
     write(head)
     sent = 0
     if stream is not None:
@@ -330,6 +339,7 @@ async def _write_sized(
                     f"the request body is longer than its Content-Length ({expected})"
                 )
             write(chunk)
+            await conn.drain(timeout)
     if sent != expected:
         raise httpx.LocalProtocolError(
             f"the request body ended {sent} bytes into its Content-Length ({expected})"

@@ -42,6 +42,7 @@ class SideRecord(TypedDict):
     finish_reason: str | None
     usage: dict[str, Any] | None
     error: SideError | None
+    truncated: NotRequired[bool]  # the recorded body hit shadow.max_record_bytes (pair/v2)
 
 
 class PairRecord(TypedDict):

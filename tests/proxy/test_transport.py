@@ -420,6 +420,59 @@ async def test_a_streamed_body_with_a_content_length_goes_out_as_that_many_bytes
     await transport.aclose()
 
 
+async def test_a_streamed_body_goes_out_only_as_fast_as_the_server_reads_it():
+    """A server that stops reading an upload holds it back: the body's stream is pulled about as far as
+    the socket buffers reach, not into the proxy's memory; once the server reads again, all of it arrives."""
+    total = 64 << 20
+    reading = asyncio.Event()
+    received = hashlib.sha256()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reading.wait()
+        left = total
+        while left:
+            piece = await reader.read(min(left, 1 << 20))
+            received.update(piece)
+            left -= len(piece)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pulled = 0
+    sent = hashlib.sha256()
+
+    async def upload() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        block = bytes(range(256)) * 256  # 64 KiB
+        while pulled < total:
+            pulled += len(block)
+            sent.update(block)
+            yield block
+
+    transport = H1Transport()
+    headers = [(b"content-length", str(total).encode())]
+    url = httpx.URL(f"http://127.0.0.1:{port}/v1/files")
+    sending = asyncio.ensure_future(transport.send("POST", url, headers, None, TIMEOUTS, stream=upload()))
+    await asyncio.sleep(0.5)
+    pulled_while_stalled = pulled
+    reading.set()
+    response = await sending
+    body = b"".join([c async for c in response.aiter_raw()])
+    await response.aclose()
+    await transport.aclose()
+    server.close()
+    await server.wait_closed()
+
+    assert pulled_while_stalled < total // 2, (
+        f"{pulled_while_stalled} bytes pulled while the server read none"
+    )
+    assert body == b"ok"
+    assert received.hexdigest() == sent.hexdigest()
+
+
 # ------------------------------------------------------------------------------ hostile upstreams
 
 
