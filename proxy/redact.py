@@ -7,6 +7,7 @@ and timestamps survive) and any configured patterns.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -19,6 +20,31 @@ CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?![\w])"
 )
+
+
+_DIGIT = re.compile(r"\d")
+# Long texts are masked a piece at a time, so that masking never holds the event loop for long.
+SLICE_CHARS = 16 * 1024
+# Where a text may be cut without changing what a built-in pattern matches: after a character none of
+# them can contain, after a letter followed by whitespace (only an e-mail ends in a letter, and no
+# pattern matches across whitespace after one), or between two whitespace characters (card and phone
+# numbers allow one separator at a time). Lookarounds see the same on either side of such a cut.
+_CUT = re.compile(r"[^\w\s.%+\-@()]|[^\W\d_](?=\s)|\s(?=\s)")
+
+
+def pieces(value: str, size: int = SLICE_CHARS) -> list[str]:
+    """`value` cut into pieces of about `size` characters at points where masking each piece equals
+    masking the whole (a text with nowhere to cut stays whole)."""
+    out: list[str] = []
+    start = 0
+    while len(value) - start > size:
+        cut = _CUT.search(value, start + size)
+        if cut is None:
+            break
+        out.append(value[start : cut.end()])
+        start = cut.end()
+    out.append(value[start:])
+    return out
 
 
 def luhn_ok(digits: str) -> bool:
@@ -44,44 +70,69 @@ class Redactor:
     def text(self, value: str) -> str:
         if not self.enabled or not value:
             return value
+        if len(value) > SLICE_CHARS:
+            value = "".join(self._builtin(piece) for piece in pieces(value))
+        else:
+            value = self._builtin(value)
+        return self._custom(value)
+
+    async def atext(self, value: str) -> str:
+        """`text`, letting the event loop run between the pieces of a long text. Configured patterns,
+        which may match across any cut, run over the whole text."""
+        if not self.enabled or len(value) <= SLICE_CHARS:
+            return self.text(value)
+        masked = []
+        for piece in pieces(value, SLICE_CHARS):
+            masked.append(self._builtin(piece))
+            await asyncio.sleep(0)
+        return self._custom("".join(masked))
+
+    def _builtin(self, value: str) -> str:
         s = self.settings
         if s.emails and "@" in value:
             value = EMAIL.sub("[EMAIL]", value)
-        if s.cards:
-            value = CARD.sub(_mask_card, value)
-        if s.phones:
-            value = PHONE.sub(_mask_phone, value)
+        # Card and phone numbers need digits; finding none is ~100x cheaper than trying the patterns at
+        # every position (which a long answer of prose, whitespace or padding would make them do).
+        if (s.cards or s.phones) and _DIGIT.search(value) is not None:
+            if s.cards:
+                value = CARD.sub(_mask_card, value)
+            if s.phones:
+                value = PHONE.sub(_mask_phone, value)
+        return value
+
+    def _custom(self, value: str) -> str:
         for name, pattern in self.custom:
             value = pattern.sub(f"[{name.upper()}]", value)
         return value
 
-    def redact_request(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def redact_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The request body with every message text masked (`atext`: long prompts in pieces)."""
         if not self.enabled:
             return body
         out = dict(body)
         if isinstance(out.get("messages"), list):
-            out["messages"] = [self._message(m) for m in out["messages"]]
+            out["messages"] = [await self._message(m) for m in out["messages"]]
         if "prompt" in out:
-            out["prompt"] = self._value(out["prompt"])
+            out["prompt"] = await self._value(out["prompt"])
         if "input" in out:
-            out["input"] = self._value(out["input"])
+            out["input"] = await self._value(out["input"])
         return out
 
-    def _message(self, message: Any) -> Any:
+    async def _message(self, message: Any) -> Any:
         if not isinstance(message, dict):
             return message
         m = dict(message)
         if "content" in m:
-            m["content"] = self._value(m["content"])
+            m["content"] = await self._value(m["content"])
         return m
 
-    def _value(self, value: Any) -> Any:
+    async def _value(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self.text(value)
+            return await self.atext(value)
         if isinstance(value, list):
-            return [self._value(v) for v in value]
+            return [await self._value(v) for v in value]
         if isinstance(value, dict):
-            return {k: (self._value(v) if k in ("text", "content") else v) for k, v in value.items()}
+            return {k: (await self._value(v) if k in ("text", "content") else v) for k, v in value.items()}
         return value
 
 

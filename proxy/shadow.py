@@ -24,6 +24,7 @@ import httpx
 
 from shadowtap.config import Settings
 from shadowtap.metrics import Metrics
+from shadowtap.proxy.logs import ThrottledLog
 from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, length_bucket
 from shadowtap.proxy.redact import Redactor
 from shadowtap.proxy.transport import UpstreamResponse
@@ -34,6 +35,8 @@ from shadowtap.request_text import input_chars
 log = logging.getLogger("shadowtap.shadow")
 
 MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+# At shutdown, records whose answers are both in get this long to be masked and handed on.
+RECORDING_GRACE_S = 2.0
 PairHandler = Callable[[PairRecord], None]
 
 
@@ -140,7 +143,10 @@ class ShadowDispatcher:
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=settings.shadow.queue_size)
         self.in_flight = 0
         self.pending: set[ShadowJob] = set()
+        self._to_record: asyncio.Queue[ShadowJob] = asyncio.Queue(settings.shadow.queue_size)
+        self.log_once = ThrottledLog(log)
         self._workers: list[asyncio.Task[None]] = []
+        self._recording: asyncio.Task[None] | None = None
         self._closing = False
         # The candidate sees only what config gives it: never the client's headers or credentials.
         candidate_headers = {k.lower(): v for k, v in settings.candidate.headers.items()}
@@ -220,6 +226,7 @@ class ShadowDispatcher:
             asyncio.create_task(self._worker(), name=f"shadow-worker-{i}")
             for i in range(self.settings.shadow.concurrency)
         ]
+        self._recording = asyncio.create_task(self._recorder(), name="shadow-recorder")
 
     async def close(self, deadline_s: float) -> None:
         """Stop taking new shadows; finish queued ones within `deadline_s`, count the rest as dropped."""
@@ -230,7 +237,7 @@ class ShadowDispatcher:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        dropped = 0
+        dropped = await self._finish_recording()
         while not self.queue.empty():
             job = self.queue.get_nowait()
             self.pending.discard(job)
@@ -244,6 +251,23 @@ class ShadowDispatcher:
             self.pending.discard(job)
         if dropped:
             log.warning("shutdown: %d queued or in-flight shadow requests dropped at the deadline", dropped)
+
+    async def _finish_recording(self) -> int:
+        """Answers already in are recorded (within RECORDING_GRACE_S), not dropped; the number dropped."""
+        if self._recording is None:
+            return 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RECORDING_GRACE_S):
+                await self._to_record.join()
+        self._recording.cancel()
+        await asyncio.gather(self._recording, return_exceptions=True)
+        dropped = 0
+        while not self._to_record.empty():
+            job = self._to_record.get_nowait()
+            self.pending.discard(job)
+            self.metrics.shadow_dropped.labels(route=job.route, reason="shutdown").inc()
+            dropped += 1
+        return dropped
 
     async def _worker(self) -> None:
         while True:
@@ -351,8 +375,32 @@ class ShadowDispatcher:
             job.primary.set_result(SideResult().fail("unfinished", "the primary side never finished"))
 
     def _complete(self, job: ShadowJob) -> None:
-        """Both sides are in: build the redacted record and hand it on."""
-        self.pending.discard(job)
+        """Both sides are in: the recorder masks and builds the record, then hands it on. Records wait
+        their turn in a bounded queue; past it they are dropped and counted, never held without end."""
+        try:
+            self._to_record.put_nowait(job)
+        except asyncio.QueueFull:
+            self.pending.discard(job)
+            self.metrics.shadow_dropped.labels(route=job.route, reason="recording_backlog").inc()
+            self.log_once("recording_backlog", "records are masked slower than pairs complete; dropping some")
+
+    async def _recorder(self) -> None:
+        """One task records every pair, in turn: a long text is masked a piece per pass of the event
+        loop, never several pieces of several records at once in front of the users' requests."""
+        while True:
+            job = await self._to_record.get()
+            try:
+                await self._build_and_hand_on(job)
+            except Exception:
+                log.exception("recording pair %s failed", job.pair_id)
+                self.metrics.shadow_dropped.labels(route=job.route, reason="internal_error").inc()
+            finally:
+                self.pending.discard(job)
+                self._to_record.task_done()
+
+    async def _build_and_hand_on(self, job: ShadowJob) -> None:
+        """Mask and build the record (a long text is masked a piece at a time, the loop serving other
+        requests in between), then hand it to every handler."""
         primary = job.primary.result() if not job.primary.cancelled() else SideResult().fail("cancelled", "")
         if primary.error is not None and self.settings.shadow.on_primary_error == "skip":
             self.metrics.shadow_skipped.labels(route=job.route, reason="primary_error").inc()
@@ -360,13 +408,13 @@ class ShadowDispatcher:
         candidate = job.candidate or SideResult().fail("missing", "no candidate result")
         for side in (primary, candidate):
             if side.text:
-                side.text = self.redactor.text(side.text)
+                side.text = await self.redactor.atext(side.text)
         record = build_pair(
             pair_id=job.pair_id,
             ts=rfc3339(job.received_at),
             route=job.route,
             stream=job.stream,
-            request=self.redactor.redact_request(job.body),
+            request=await self.redactor.redact_request(job.body),
             tags=job.tags,
             primary=primary,
             candidate=candidate,

@@ -200,7 +200,7 @@ class ShadowSettings(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=0)
     # Each side's answer is kept for the record up to this many bytes (decoded: a gzip body is inflated
     # no further); past it the side is recorded `truncated` and the rest is not kept.
-    max_record_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_record_bytes: int = Field(default=256 * 1024, ge=1024)
     # "concurrent": the candidate starts with the primary (fair latency comparison);
     # "after_primary": it starts once the primary has answered (never competes with it).
     start: Literal["concurrent", "after_primary"] = "concurrent"

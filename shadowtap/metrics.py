@@ -146,7 +146,7 @@ class Metrics:
         )
         self.shadow_dropped = Counter(
             "shadowtap_shadow_dropped_total",
-            "Sampled requests whose shadow was dropped, by reason (queue_full, shutdown).",
+            "Sampled requests whose shadow was dropped, by reason (queue_full, recording_backlog, shutdown, internal_error).",
             ["route", "reason"],
             registry=r,
         )

@@ -8,6 +8,7 @@ The clients here are raw sockets, so every byte (and every pause) is the test's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -489,3 +490,51 @@ def test_a_primary_answer_over_the_record_cap_reaches_the_client_whole_and_is_re
     [pair] = proxy.pairs(1)
     assert pair["primary"]["truncated"] is True
     assert pair["candidate"]["truncated"] is False
+
+
+def test_records_waiting_to_be_masked_are_bounded_and_the_excess_counted(
+    proxy, primary, candidate, monkeypatch
+):
+    """While the recorder is held up (a very long answer being masked), finished pairs wait in a queue
+    of `shadow.queue_size`; past it they are dropped and counted, and users are served throughout."""
+    from shadowtap.proxy.redact import Redactor
+
+    release = threading.Event()
+    original = Redactor.atext
+
+    async def held(self: Redactor, value: str) -> str:
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return await original(self, value)
+
+    monkeypatch.setattr(Redactor, "atext", held)
+    queue_size = proxy.settings.shadow.queue_size
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0)
+    statuses = []
+    for i in range(queue_size + 6):
+        reply = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": f"question {i}"}]
+        )
+        statuses.append(reply.status_code)
+    wait_for(
+        lambda: (
+            proxy.metric(
+                "shadowtap_shadow_dropped_total", route="/v1/chat/completions", reason="recording_backlog"
+            )
+            >= 5
+        ),
+        10,
+        what="pairs dropped past the recording queue",
+    )
+    release.set()
+    client.close()
+
+    assert statuses == [200] * (queue_size + 6)
+    pairs = proxy.pairs(queue_size)
+    assert (
+        len(pairs)
+        + proxy.metric(
+            "shadowtap_shadow_dropped_total", route="/v1/chat/completions", reason="recording_backlog"
+        )
+        == queue_size + 6
+    )
