@@ -406,9 +406,11 @@ class ShadowDispatcher:
             self.metrics.shadow_skipped.labels(route=job.route, reason="primary_error").inc()
             return
         candidate = job.candidate or SideResult().fail("missing", "no candidate result")
-        for side in (primary, candidate):
+        for name, side in (("primary", primary), ("candidate", candidate)):
             if side.text:
                 side.text = await self.redactor.atext(side.text)
+            if side.truncated:
+                self.metrics.records_truncated.labels(side=name).inc()
         record = build_pair(
             pair_id=job.pair_id,
             ts=rfc3339(job.received_at),

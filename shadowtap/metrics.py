@@ -88,6 +88,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.records_truncated = Counter(
+            "shadowtap_records_truncated_total",
+            "Pair records in which a side's answer was cut at shadow.max_record_bytes, by side.",
+            ["side"],
+            registry=r,
+        )
         self.incomplete_requests = Counter(
             "shadowtap_incomplete_requests_total",
             "Requests whose client hung up before its whole body was in (a primary request already "

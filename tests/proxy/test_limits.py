@@ -490,6 +490,8 @@ def test_a_primary_answer_over_the_record_cap_reaches_the_client_whole_and_is_re
     [pair] = proxy.pairs(1)
     assert pair["primary"]["truncated"] is True
     assert pair["candidate"]["truncated"] is False
+    assert proxy.metric("shadowtap_records_truncated_total", side="primary") == 1
+    assert proxy.metric("shadowtap_records_truncated_total", side="candidate") == 0
 
 
 def test_records_waiting_to_be_masked_are_bounded_and_the_excess_counted(
