@@ -28,7 +28,7 @@ log = logging.getLogger("shadowtap.scoring")
 
 ENTRY_POINT_GROUP = SCORER_ENTRY_POINT_GROUP
 # Scorers enabled when the config names none: the ones that need no outside service.
-DEFAULT_SCORERS: dict[str, dict[str, Any]] = {"format": {}, "refusal": {}, "latency": {}}
+DEFAULT_SCORERS: dict[str, dict[str, Any]] = {"format": {}, "tools": {}, "refusal": {}, "latency": {}}
 
 
 def available_scorers() -> dict[str, EntryPoint]:
