@@ -59,7 +59,8 @@ def offered_tools(request: Mapping[str, Any]) -> dict[str, Tool]:
     for item in request.get("tools") or []:
         if not isinstance(item, dict) or item.get("type", "function") != "function":
             continue
-        spec = item.get("function") if isinstance(item.get("function"), dict) else item
+        nested = item.get("function")
+        spec: dict[str, Any] = nested if isinstance(nested, dict) else item
         name = spec.get("name")
         if isinstance(name, str):
             params = spec.get("parameters")
