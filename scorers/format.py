@@ -7,6 +7,7 @@ nobody constrained do not inflate the pass rate.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -24,13 +25,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import SIDES, PairRecord, Score, SideName
+from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 
 __all__ = ["FormatConfig", "FormatRule", "FormatScorer"]
 
 CONFIG_KEY = config_key("format")
-REASONS = ("not_json", "schema_violation", "too_long", "pattern_missing", "pattern_forbidden")
+REASONS = (
+    "not_json",
+    "schema_violation",
+    "not_a_choice",
+    "regex_mismatch",
+    "too_long",
+    "pattern_missing",
+    "pattern_forbidden",
+)
 MAX_DETAIL_CHARS = 200
 
 # A whole answer wrapped in one Markdown code fence, optionally labelled json.
@@ -91,18 +100,52 @@ class _Expectation:
     max_chars: int | None = None
     must_match: list[re.Pattern[str]] = field(default_factory=list)
     must_not_match: list[re.Pattern[str]] = field(default_factory=list)
+    # vLLM structured outputs: the whole answer is one of `choices`, or matches `regex` whole.
+    choices: list[str] | None = None
+    regex: re.Pattern[str] | None = None
 
     def empty(self) -> bool:
-        return not (self.json or self.max_words or self.max_chars or self.must_match or self.must_not_match)
+        return not (
+            self.json
+            or self.max_words
+            or self.max_chars
+            or self.must_match
+            or self.must_not_match
+            or self.choices is not None
+            or self.regex is not None
+        )
 
     @classmethod
     def of_request(cls, request: dict[str, Any]) -> _Expectation:
-        """What the request itself asks for (`response_format`, `text.format`)."""
+        """What the request itself asks for: `response_format` (chat, completions), `text.format`
+        (responses), or vLLM's structured outputs (`structured_outputs: {json|regex|choice}`, and the
+        `guided_json`/`guided_regex`/`guided_choice` fields older vLLM took)."""
         wants_json, wants_object, schema = _request_json_expectation(request)
         expect = cls(json=wants_json, json_object=wants_json and wants_object)
         if schema is not None:
             expect.schema, expect.schema_source = schema, "request"
+        expect._add_structured_outputs(request)
         return expect
+
+    def _add_structured_outputs(self, request: dict[str, Any]) -> None:
+        nested = request.get("structured_outputs")
+        wanted = dict(nested) if isinstance(nested, dict) else {}
+        for field_name in ("json", "regex", "choice"):
+            if field_name not in wanted and f"guided_{field_name}" in request:
+                wanted[field_name] = request[f"guided_{field_name}"]
+        schema = wanted.get("json")
+        if isinstance(schema, str):
+            with contextlib.suppress(ValueError):
+                schema = json.loads(schema)
+        if isinstance(schema, dict) and self.schema is None:
+            self.json, self.schema, self.schema_source = True, schema, "request"
+        choices = wanted.get("choice")
+        if isinstance(choices, list) and all(isinstance(c, str) for c in choices):
+            self.choices = choices
+        regex = wanted.get("regex")
+        if isinstance(regex, str):
+            with contextlib.suppress(re.error):
+                self.regex = re.compile(regex)
 
     def add_rule(self, compiled: _CompiledRule) -> None:
         """Hold the answer to one more configured rule as well: the tighter limit wins, patterns add up,
@@ -209,7 +252,7 @@ class FormatScorer:
         scores = []
         for side in SIDES:
             text = side_text(pair, side)
-            if text is not None:
+            if text is not None and not _answered_with_tool_calls(pair, side, text):
                 scores.append(self.check(text, expect, side))
         return scores
 
@@ -235,7 +278,11 @@ class FormatScorer:
             reason = self._json_failure(text, expect, detail)
             if reason is not None:
                 return reason
-        return _length_failure(text, expect, detail) or _pattern_failure(text, expect, detail)
+        return (
+            _structured_failure(text, expect, detail)
+            or _length_failure(text, expect, detail)
+            or _pattern_failure(text, expect, detail)
+        )
 
     def _json_failure(self, text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:
         body = text
@@ -310,6 +357,25 @@ def _schema_failure(document: Any, schema: dict[str, Any], detail: dict[str, Any
     detail["error"] = _short(error.message)
     detail["path"] = _short(error.json_path)
     return "schema_violation"
+
+
+def _answered_with_tool_calls(pair: PairRecord, side: SideName, text: str) -> bool:
+    """A side whose first output called tools and wrote no text: what it owes is valid calls (the
+    tools scorer), not text in the requested format."""
+    outputs = side_of(pair, side).get("outputs") or []
+    first = outputs[0] if outputs and isinstance(outputs[0], dict) else {}
+    return bool(first.get("tool_calls")) and not text.strip()
+
+
+def _structured_failure(text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:
+    """vLLM's `choice` and `regex` structured outputs: the whole answer, exactly."""
+    if expect.choices is not None and text not in expect.choices:
+        detail["choices"] = [_short(c) for c in expect.choices[:10]]
+        return "not_a_choice"
+    if expect.regex is not None and expect.regex.fullmatch(text) is None:
+        detail["regex"] = _short(expect.regex.pattern)
+        return "regex_mismatch"
+    return None
 
 
 def _length_failure(text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:

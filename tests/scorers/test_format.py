@@ -230,3 +230,70 @@ async def test_many_pairs_with_the_same_schema_reuse_one_validator() -> None:
 def test_bad_config_fails_at_construction_naming_the_key(config: dict[str, Any], key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}: "):
         FormatScorer(config)
+
+
+@pytest.mark.parametrize(
+    ("extra", "good", "bad", "reason"),
+    [
+        (
+            {"structured_outputs": {"choice": ["positive", "negative"]}},
+            "positive",
+            "Positive!",
+            "not_a_choice",
+        ),
+        ({"guided_choice": ["yes", "no"]}, "no", "maybe", "not_a_choice"),
+        (
+            {"structured_outputs": {"regex": r"\w+@\w+\.com"}},
+            "alan@enigma.com",
+            "alan at enigma",
+            "regex_mismatch",
+        ),
+        ({"guided_regex": r"\d{3}"}, "123", "1234", "regex_mismatch"),
+        (
+            {"structured_outputs": {"json": ORDER_SCHEMA}},
+            '{"order_id": "A1", "items": []}',
+            '{"items": []}',
+            "schema_violation",
+        ),
+        (
+            {"guided_json": json.dumps(ORDER_SCHEMA)},
+            '{"order_id": "A1", "items": []}',
+            "order A1",
+            "not_json",
+        ),
+    ],
+)
+async def test_vllm_structured_outputs_are_checked(extra, good, bad, reason):
+    """vLLM's `structured_outputs` (and the `guided_*` fields it took before v0.12) constrain the whole answer."""
+    pair = make_pair(good, bad, request={**PLAIN, **extra})
+    scores = await scores_by_side(FormatScorer(), pair)
+
+    assert scores["primary"].outcome == "pass"
+    assert scores["candidate"].outcome == "fail"
+    assert scores["candidate"].detail["reason"] == reason
+
+
+async def test_an_answer_that_calls_a_tool_is_not_failed_for_lacking_json_text():
+    """With `tools` and `response_format` both set, a tool call is a valid answer: the tools scorer
+    checks it; the format scorer holds only the text answers to the format."""
+    request = {
+        **JSON_OBJECT,
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+    }
+    pair = make_pair("", '{"ok": true}', request=request)
+    tool_side = dict(pair["primary"])
+    tool_side["outputs"] = [
+        {
+            "index": 0,
+            "text": "",
+            "tool_calls": [{"id": "call_1", "name": "lookup", "arguments": "{}"}],
+            "refusal": None,
+            "reasoning": None,
+            "finish_reason": "tool_calls",
+        }
+    ]
+    pair["primary"] = tool_side  # type: ignore[typeddict-item]
+    scores = await scores_by_side(FormatScorer(), pair)
+
+    assert "primary" not in scores
+    assert scores["candidate"].outcome == "pass"
