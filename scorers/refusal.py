@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shadowtap.records import SIDES, PairRecord, Score, SideName
+from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of
 from shadowtap.scorers.base import NoConfig, side_text, validate_config
 
 if TYPE_CHECKING:
@@ -347,6 +347,15 @@ def pairwise_refusal(primary: RefusalLabel | None, candidate: RefusalLabel | Non
     return "neither"
 
 
+def _first_output(pair: PairRecord, side: SideName) -> Mapping[str, Any]:
+    """Output 0 of a pair/v2 side (empty for a v1 record or a failed side)."""
+    part: Mapping[str, Any] = side_of(pair, side)
+    if part.get("error") is not None:
+        return {}
+    outputs = part.get("outputs") or []
+    return outputs[0] if outputs and isinstance(outputs[0], dict) else {}
+
+
 class RefusalScorer:
     """Refusal errors: per side refused / partial / answered, and the pairwise outcome that matters —
     a candidate refusing what the primary answered (`candidate_only_refused`), which also raises the
@@ -370,20 +379,31 @@ class RefusalScorer:
         scores: list[Score] = []
         labels: dict[SideName, RefusalLabel | None] = {}
         for side in SIDES:
-            text = side_text(pair, side)
-            if not text:
-                labels[side] = None
-                continue
-            verdict = classify_refusal(text)
-            labels[side] = verdict.label
-            detail = {"cue": verdict.cue, "language": verdict.language} if verdict.cue else {}
-            value = 0.0 if verdict.label == "answered" else 1.0
-            scores.append(Score(self.name, side, verdict.label, value, detail))
+            label, value, detail = self._side_verdict(pair, side)
+            labels[side] = label
+            if label is not None:
+                scores.append(Score(self.name, side, label, value, detail))
         if labels["primary"] is not None and labels["candidate"] is not None:
             outcome = pairwise_refusal(labels["primary"], labels["candidate"])
             detail = {"primary": labels["primary"], "candidate": labels["candidate"]}
             scores.append(Score(self.name, "pair", outcome, None, detail))
         return scores
+
+    @staticmethod
+    def _side_verdict(pair: PairRecord, side: SideName) -> tuple[RefusalLabel | None, float, dict[str, Any]]:
+        """One side's label: the API's own `refusal` field (OpenAI structured outputs, the Responses
+        API's refusal parts) says refused; a tool call is an answer; otherwise the text decides."""
+        first = _first_output(pair, side)
+        if first.get("refusal"):
+            return "refused", 1.0, {"cue": "refusal field"}
+        text = side_text(pair, side)
+        if first.get("tool_calls") and not (text or "").strip():
+            return "answered", 0.0, {"tool_calls": len(first["tool_calls"])}
+        if not text:
+            return None, 0.0, {}
+        verdict = classify_refusal(text)
+        detail = {"cue": verdict.cue, "language": verdict.language} if verdict.cue else {}
+        return verdict.label, 0.0 if verdict.label == "answered" else 1.0, detail
 
     def reasons_for_review(self, scores: list[Score]) -> list[str]:
         """`candidate_refused` when the candidate refused what the primary answered."""

@@ -7,15 +7,18 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shadowtap.scorers.refusal import (
     PAIRWISE_OUTCOMES,
+    RefusalScorer,
     RefusalVerdict,
     classify_refusal,
     pairwise_refusal,
 )
+from shadowtap.testing.pairs import make_pair, make_side
 
 pytestmark = pytest.mark.unit
 
@@ -232,3 +235,35 @@ def test_long_and_adversarial_texts_stay_fast() -> None:
     for text in texts:
         classify_refusal(text)
     assert time.perf_counter() - started < 2.0
+
+
+def _with_output(side: dict[str, Any], **output: Any) -> dict[str, Any]:
+    """A v2 side with output 0 set as given (text, tool_calls, refusal)."""
+    first = {"index": 0, "text": side.get("text"), "tool_calls": [], "refusal": None, "reasoning": None}
+    first.update(output)
+    return {**side, "outputs": [first]}
+
+
+async def test_the_apis_refusal_field_counts_as_a_refusal():
+    """OpenAI structured outputs put a refusal in `message.refusal` with no content: refused, not silent."""
+    pair = make_pair("Here is the summary.", None)
+    pair["candidate"] = _with_output(make_side(""), text=None, refusal="I can't help with that request.")  # type: ignore[typeddict-item]
+    pair["candidate"]["text"] = None  # type: ignore[typeddict-item]
+    scores = {s.side: s for s in await RefusalScorer().score(pair)}
+
+    assert scores["candidate"].outcome == "refused"
+    assert scores["pair"].outcome == "candidate_only_refused"
+
+
+async def test_a_tool_call_is_an_answer_and_a_refusal_instead_of_it_is_candidate_only_refused():
+    pair = make_pair("", "I'm sorry, but I can't look up orders.")
+    call = {"id": "call_1", "name": "lookup_order", "arguments": '{"id": "A1"}'}
+    pair["primary"] = _with_output(dict(pair["primary"]), text="", tool_calls=[call])  # type: ignore[typeddict-item]
+    scorer = RefusalScorer()
+    scores = await scorer.score(pair)
+    by_side = {s.side: s for s in scores}
+
+    assert by_side["primary"].outcome == "answered"
+    assert by_side["candidate"].outcome == "refused"
+    assert by_side["pair"].outcome == "candidate_only_refused"
+    assert scorer.reasons_for_review(scores) == ["candidate_refused"]
