@@ -27,7 +27,7 @@ from pydantic import AfterValidator, Field, field_validator
 from shadowtap.config import check_secret, check_url
 from shadowtap.errors import BudgetExhausted, ConfigError, JudgeError, MalformedVerdict
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import PairRecord, Score
+from shadowtap.records import PairRecord, Score, SideName, side_of
 from shadowtap.request_text import content_text
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 from shadowtap.scorers.pacing import RateLimiter, TokenBudget, backoff_s, retry_after_s
@@ -123,10 +123,59 @@ def render_request(request: dict[str, Any], limit: int) -> str:
     fmt = request.get("response_format")
     if fmt:
         text += f"\n\n[required response format: {json.dumps(fmt, ensure_ascii=False)[:2000]}]"
+    tools = render_tools(request)
+    if tools:
+        text += f"\n\n[tools the assistant may call]\n{tools}"
     if len(text) > limit:
         head, tail = limit // 4, limit - limit // 4
         text = f"{text[:head]}\n[… {len(text) - limit} characters left out …]\n{text[-tail:]}"
     return text
+
+
+def render_tools(request: Mapping[str, Any], per_tool: int = 600) -> str:
+    """The functions a request offers (chat `tools[].function`, Responses API `tools[]`), one a line:
+    name, description and parameters schema, each line at most about `per_tool` characters."""
+    lines = []
+    for item in request.get("tools") or []:
+        if not isinstance(item, dict):
+            continue
+        nested = item.get("function")
+        spec: Mapping[str, Any] = nested if isinstance(nested, dict) else item
+        if not isinstance(spec.get("name"), str):
+            continue
+        params = json.dumps(spec.get("parameters") or {}, ensure_ascii=False)
+        line = f"- {spec['name']}: {spec.get('description') or ''} parameters {params}"
+        lines.append(line if len(line) <= per_tool else line[: per_tool - 1] + "…")
+    return "\n".join(lines)
+
+
+def render_answer(pair: PairRecord, side: SideName) -> str | None:
+    """One side's whole answer as the judge reads it: each choice apart, with its text, its tool calls
+    (name and arguments as sent) and the API's refusal field; None when that side failed or gave
+    nothing. A v1 record's side is its text."""
+    part: Mapping[str, Any] = side_of(pair, side)
+    outputs = [o for o in part.get("outputs") or [] if isinstance(o, dict)]
+    if not outputs:
+        return side_text(pair, side)
+    if part.get("error") is not None and not any(_output_text(o) for o in outputs):
+        return None
+    rendered = [_output_text(o) for o in outputs]
+    if len(rendered) == 1:
+        return rendered[0]
+    return "\n\n".join(
+        f"[choice {o.get('index', i)}]\n{text}"
+        for i, (o, text) in enumerate(zip(outputs, rendered, strict=True))
+    )
+
+
+def _output_text(output: Mapping[str, Any]) -> str:
+    lines = [output["text"]] if isinstance(output.get("text"), str) and output["text"] else []
+    for call in output.get("tool_calls") or []:
+        if isinstance(call, dict):
+            lines.append(f"[tool call: {call.get('name')}({call.get('arguments') or ''})]")
+    if output.get("refusal"):
+        lines.append(f"[refusal: {output['refusal']}]")
+    return "\n".join(lines)
 
 
 def _truncate(answer: str, limit: int) -> str:
@@ -239,7 +288,7 @@ class JudgeScorer:
         if not self.sampled(str(pair.get("id", ""))):
             self.metrics.judge_skipped.labels(reason="not_sampled").inc()
             return []
-        primary, candidate = side_text(pair, "primary"), side_text(pair, "candidate")
+        primary, candidate = render_answer(pair, "primary"), render_answer(pair, "candidate")
         if primary is None or candidate is None:
             self.metrics.judge_skipped.labels(reason="missing_answer").inc()
             return []

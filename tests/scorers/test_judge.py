@@ -480,3 +480,83 @@ async def test_identical_answers_are_a_tie_without_asking_the_judge(
 
     assert score.outcome == "tie" and score.detail["identical"] is True
     assert judge.received == []
+
+
+def _v2(side: Any, *outputs: dict[str, Any]) -> Any:
+    """A v2 side with `outputs` (each given text/tool_calls/refusal; the rest filled in)."""
+    filled = [
+        {
+            "index": i,
+            "text": None,
+            "tool_calls": [],
+            "refusal": None,
+            "reasoning": None,
+            "finish_reason": "stop",
+            **o,
+        }
+        for i, o in enumerate(outputs)
+    ]
+    return {**side, "outputs": filled, "text": filled[0]["text"]}
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+async def test_tool_calls_and_the_offered_tools_are_shown_and_different_arguments_are_not_identical(
+    judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer]
+) -> None:
+    """Two answers that both call get_weather with different cities have the same (empty) text: the
+    judge is still asked, and sees the tools on offer and each side's call."""
+    request = {**REQUEST, "tools": [WEATHER_TOOL]}
+    pair = make_pair("", "", request=request)
+    call = {"id": "call_1", "name": "get_weather"}
+    pair["primary"] = _v2(
+        pair["primary"], {"text": "", "tool_calls": [{**call, "arguments": '{"city": "Paris"}'}]}
+    )
+    pair["candidate"] = _v2(
+        pair["candidate"], {"text": "", "tool_calls": [{**call, "arguments": '{"city": 42}'}]}
+    )
+
+    score = await judged(make_scorer(), pair)
+
+    assert score.detail.get("identical") is not True
+    assert len(judge.received) == 2
+    prompt = judge.received[0]["messages"][-1]["content"]
+    assert "get_weather: Current weather in a city." in prompt
+    shown = {a for body in judge.received for a in answers_shown(body)}
+    assert shown == {'[tool call: get_weather({"city": "Paris"})]', '[tool call: get_weather({"city": 42})]'}
+
+
+async def test_each_choice_is_shown_apart_never_merged(
+    judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer]
+) -> None:
+    pair = make_pair("Paris.", "Paris.", request=REQUEST)
+    pair["primary"] = _v2(pair["primary"], {"text": "Paris."}, {"text": "Lyon."})
+    pair["candidate"] = _v2(pair["candidate"], {"text": "Paris."}, {"text": "Paris, France."})
+
+    await judged(make_scorer(), pair)
+
+    shown = {a for body in judge.received for a in answers_shown(body)}
+    assert shown == {
+        "[choice 0]\nParis.\n\n[choice 1]\nLyon.",
+        "[choice 0]\nParis.\n\n[choice 1]\nParis, France.",
+    }
+
+
+async def test_a_refusal_field_is_shown_to_the_judge(
+    judge: ScriptedJudge, make_scorer: Callable[..., JudgeScorer]
+) -> None:
+    pair = make_pair("Here it is.", "", request=REQUEST)
+    pair["candidate"] = _v2(pair["candidate"], {"text": None, "refusal": "I can't help with that."})
+
+    await judged(make_scorer(), pair)
+
+    shown = {a for body in judge.received for a in answers_shown(body)}
+    assert "[refusal: I can't help with that.]" in shown
