@@ -191,8 +191,10 @@ class ServerSettings(_Section):
 
 class ShadowSettings(_Section):
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
-    # Per-route rates override sample_rate; only these two routes are ever mirrored.
-    routes: dict[Literal["/v1/chat/completions", "/v1/completions"], float] = Field(default_factory=dict)
+    # Per-route rates override sample_rate; only these three routes are ever mirrored.
+    routes: dict[Literal["/v1/chat/completions", "/v1/completions", "/v1/responses"], float] = Field(
+        default_factory=dict
+    )
     # What makes sampling deterministic: "header:<Name>", "body:<field>", or "random".
     sample_key: str = "body:user"
     concurrency: int = Field(default=32, ge=1)
