@@ -1,7 +1,9 @@
 """What a simulated model answers: the `Reply` to one request, and policies that choose it.
 
 A policy is `(route, body) -> Reply`. `default_policy` answers the last user message (in JSON when the
-request asks for JSON); `fixed`, `keyword_policy` and `sequence` build the scripted ones tests need.
+request asks for JSON, with a call when the request forces a tool); `fixed`, `keyword_policy` and
+`sequence` build the scripted ones tests need. The request readers here (`user_text`, `prompts`,
+`requested_n`) see chat, completions and Responses API bodies alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from shadowtap.request_text import content_text, last_user_text
 __all__ = [
     "Fault",
     "Policy",
+    "ReasoningField",
+    "ReasoningItem",
     "Reply",
+    "ToolCall",
     "count_tokens",
     "default_policy",
     "error_for",
@@ -27,23 +32,53 @@ __all__ = [
     "keyword_policy",
     "openai_error",
     "prompt_text",
+    "prompts",
+    "requested_n",
     "schema_instance",
     "sequence",
     "split_chunks",
+    "user_text",
 ]
 
 Fault = Literal[None, "hang", "garbage", "truncate", "close_midstream", "reset"]
+# Where chat answers carry reasoning: vLLM's `reasoning` (since v0.11, vllm-project/vllm#27752; the old
+# name was removed in #33402), the older `reasoning_content` (DeepSeek's name, older vLLM), or both.
+ReasoningField = Literal["reasoning", "reasoning_content", "both"]
+# How the Responses API carries reasoning: OpenAI's `summary` of `summary_text` parts, or vLLM's
+# `content` of `reasoning_text` parts (with an empty summary).
+ReasoningItem = Literal["summary", "text"]
 
 WORDS_PER_CHUNK = 3
+MAX_CHOICES = 128
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call in a reply. `arguments` goes on the wire exactly as given, so a broken call
+    is a string that does not parse or does not fit the schema; `id` is drawn per request (`call_...`)
+    when None."""
+
+    name: str
+    arguments: str = "{}"
+    id: str | None = None
 
 
 @dataclass
 class Reply:
     """What the simulated model answers to one request.
 
+    `text` is the answer (chat `content`, completions `text`, Responses `output_text`); `choices` gives
+    choice i its own text (chat with `n`, completions with a prompt array: index = prompt * n + sample),
+    the rest get `text`. `tool_calls` are (name, arguments) pairs or `ToolCall`s; with calls, `text=""`
+    sends `content: null`, and finish_reason "stop" becomes "tool_calls" (not for a named tool_choice).
+    `reasoning` goes out as `reasoning_field` says (chat) and as `reasoning_item` says (Responses).
+    `refusal` replaces the text: `message.refusal` with `content: null`, a Responses `refusal` part.
+    Completions answers carry only text.
+
     `ttft_s` delays the first chunk (the whole answer when not streamed); `token_delay_s` spaces the
     chunks. Faults: "hang" never answers; "garbage" is a 200 that does not parse; "truncate" ends a
-    stream cleanly but without finish_reason or [DONE] (a plain answer gets half the text and "length");
+    stream cleanly but without finish_reason or [DONE] (or `response.completed`); a plain answer gets
+    the first half of what would have streamed and "length" (Responses: status "incomplete");
     "close_midstream" drops the connection part-way through the body; "reset" drops it before any reply.
     """
 
@@ -55,6 +90,22 @@ class Reply:
     finish_reason: str = "stop"
     fault: Fault = None
     headers: dict[str, str] = field(default_factory=dict)
+    tool_calls: list[ToolCall | tuple[str, str]] = field(default_factory=list)
+    choices: list[str] | None = None
+    reasoning: str | None = None
+    reasoning_field: ReasoningField = "reasoning"
+    reasoning_item: ReasoningItem = "summary"
+    refusal: str | None = None
+
+    def calls(self) -> list[ToolCall]:
+        """The tool calls as `ToolCall`s."""
+        return [call if isinstance(call, ToolCall) else ToolCall(*call) for call in self.tool_calls]
+
+    def choice_text(self, index: int) -> str:
+        """The text of choice `index`."""
+        if self.choices is not None and index < len(self.choices):
+            return self.choices[index]
+        return self.text
 
 
 Policy = Callable[[str, dict[str, Any]], Reply]
@@ -83,12 +134,49 @@ def error_for(status: int) -> dict[str, Any]:
     return openai_error(message, type_, code)
 
 
+# ------------------------------------------------------------------------------------ reading requests
+
+
+def _input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses API request's `input` as a list of items (a string is one user message)."""
+    items = body.get("input")
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def user_text(body: dict[str, Any]) -> str:
+    """The last user message of a chat or Responses API request, or the (last) prompt of a completion."""
+    if "input" in body and "messages" not in body:
+        users = [item for item in _input_items(body) if item.get("role") == "user"]
+        return content_text(users[-1].get("content"), sep=" ") if users else ""
+    return last_user_text(body)
+
+
+def prompts(body: dict[str, Any]) -> list[Any]:
+    """The prompts of a completions request: a string, a list of token ids, or an array of either."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        return prompt
+    return [prompt]
+
+
+def requested_n(body: dict[str, Any]) -> int:
+    """How many choices the request asks for per prompt (`n`, 1 when absent or not a count)."""
+    n = body.get("n")
+    return min(n, MAX_CHOICES) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
 def prompt_text(body: dict[str, Any]) -> str:
-    """All the text of a request's messages (or its prompt), for the usage estimate."""
+    """All the text of a request's messages, input and instructions (or its prompts), for usage."""
     messages = body.get("messages")
     if isinstance(messages, list):
         return " ".join(content_text(m.get("content"), sep=" ") for m in messages if isinstance(m, dict))
-    return last_user_text(body)
+    if "input" in body:
+        texts = [content_text(item.get("content"), sep=" ") for item in _input_items(body)]
+        instructions = body.get("instructions")
+        return " ".join([instructions if isinstance(instructions, str) else "", *texts])
+    return " ".join(p for p in prompts(body) if isinstance(p, str))
 
 
 def count_tokens(text: str) -> int:
@@ -142,20 +230,61 @@ def schema_instance(schema: Any, answer: str) -> Any:
 # ------------------------------------------------------------------------------------ policies
 
 
-def default_policy(route: str, body: dict[str, Any]) -> Reply:
-    """A short deterministic answer to the last user message; JSON when the request asks for JSON."""
-    answer = "Answer to: " + " ".join(last_user_text(body).split()[:8])
-    response_format = body.get("response_format")
-    if not isinstance(response_format, dict):
-        return Reply(text=answer)
+def _answer_to(text: str) -> str:
+    return "Answer to: " + " ".join(text.split()[:8])
+
+
+def _json_answer(body: dict[str, Any], answer: str) -> str | None:
+    """The answer as JSON when the request asks for JSON (chat `response_format`, Responses
+    `text.format`, whose schema sits in the format itself), else None."""
+    chat_format, text = body.get("response_format"), body.get("text")
+    response_format = chat_format if isinstance(chat_format, dict) else None
+    if response_format is None and isinstance(text, dict) and isinstance(text.get("format"), dict):
+        response_format = {**text["format"], "json_schema": text["format"]}
+    if response_format is None:
+        return None
     kind = response_format.get("type")
     if kind == "json_object":
-        return Reply(text=json.dumps({"answer": answer}))
+        return json.dumps({"answer": answer})
     if kind == "json_schema":
         spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        return Reply(text=json.dumps(schema_instance(schema, answer)))
-    return Reply(text=answer)
+        return json.dumps(schema_instance(spec.get("schema") if isinstance(spec, dict) else None, answer))
+    return None
+
+
+def _function(tool: Any) -> dict[str, Any]:
+    """A tool's function definition: nested under `function` (chat) or flat (Responses API)."""
+    if not isinstance(tool, dict):
+        return {}
+    function = tool.get("function", tool)
+    return function if isinstance(function, dict) else {}
+
+
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function the request makes the model call (`tool_choice` "required" or a named one)."""
+    tools = [_function(tool) for tool in body.get("tools") or [] if _function(tool).get("name")]
+    choice = body.get("tool_choice")
+    if choice == "required" and tools:
+        return tools[0]
+    if isinstance(choice, dict):
+        name = _function(choice).get("name")
+        return next((tool for tool in tools if tool["name"] == name), None)
+    return None
+
+
+def default_policy(route: str, body: dict[str, Any]) -> Reply:
+    """A short deterministic answer to the last user message; JSON when the request asks for JSON; a
+    call with arguments that fit the schema when it forces a tool; one answer per prompt of an array."""
+    answer = _answer_to(user_text(body))
+    tool = _forced_tool(body)
+    if tool is not None:
+        arguments = json.dumps(schema_instance(tool.get("parameters") or {"type": "object"}, answer))
+        return Reply(text="", tool_calls=[ToolCall(tool["name"], arguments)])
+    texts = prompts(body) if "prompt" in body else []
+    if len(texts) > 1:
+        per_prompt = [_answer_to(p) if isinstance(p, str) else answer for p in texts]
+        return Reply(text=answer, choices=[text for text in per_prompt for _ in range(requested_n(body))])
+    return Reply(text=_json_answer(body, answer) or answer)
 
 
 def fixed(reply: Reply) -> Policy:
@@ -168,7 +297,7 @@ def keyword_policy(rules: dict[str, Reply], default: Policy = default_policy) ->
     lowered = [(keyword.lower(), reply) for keyword, reply in rules.items()]
 
     def policy(route: str, body: dict[str, Any]) -> Reply:
-        text = last_user_text(body).lower()
+        text = user_text(body).lower()
         return next((reply for keyword, reply in lowered if keyword in text), None) or default(route, body)
 
     return policy

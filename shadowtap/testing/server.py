@@ -1,5 +1,6 @@
-"""The simulated model as an OpenAI-compatible ASGI app: chat and text completions (plain and streamed),
-embeddings, model cards, the OpenAI error shape, and the faults a real upstream has.
+"""The simulated model as an OpenAI-compatible ASGI app: chat and text completions and the Responses
+API (plain and streamed), embeddings, model cards, the OpenAI error shape, and the faults a real
+upstream has. What goes on the wire for each API lives in `completions` and `responses`.
 
 Written on raw ASGI rather than a framework so that faults reach the wire as they would from a broken
 server: a reset connection, a body cut off half-way, a stream that stops without `[DONE]`.
@@ -16,22 +17,14 @@ import logging
 import math
 import socket
 import struct
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from shadowtap.testing.policies import (
-    Policy,
-    Reply,
-    count_tokens,
-    default_policy,
-    error_for,
-    openai_error,
-    prompt_text,
-    split_chunks,
-)
+from shadowtap.testing.completions import CompletionStream, completion_document
+from shadowtap.testing.policies import Policy, Reply, count_tokens, default_policy, error_for, openai_error
+from shadowtap.testing.responses import ResponseStream, response_document
+from shadowtap.testing.script import Api, Choice, Piece, choices_for, count_pieces, cut, pieces
 
 __all__ = ["ReceivedRequest", "SimulatedLLM"]
 
@@ -41,7 +34,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 log = logging.getLogger("shadowtap.testing.upstreams")
 
 MAX_RECEIVED = 10_000
-ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "text", "/v1/embeddings": "embedding"}
+ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text",
+    "/v1/embeddings": "embedding",
+    "/v1/responses": "responses",
+}
 GARBAGE = b"<html><body>502 Bad Gateway</body></html> {not json"
 
 
@@ -220,24 +218,45 @@ class SimulatedLLM:
         if kind == "embedding":
             return await exchange.json(200, _embeddings(body, model), reply.headers)
         if stream:
-            return await _stream(_Events(kind, model, body), reply, exchange)
+            return await _stream(kind, body, reply, model, exchange)
         await _complete(kind, body, reply, model, exchange)
 
 
-# ------------------------------------------------------------------------------------ plain answers
+# ------------------------------------------------------------------------------------ answers
+
+
+class _Encoder(Protocol):
+    """A streamed answer's bytes: what opens it, each piece, and what ends it."""
+
+    def opening(self) -> bytes: ...
+    def piece(self, piece: Piece) -> bytes: ...
+    def closing(self) -> bytes: ...
+
+
+def _document(kind: str, body: dict[str, Any], model: str, choices: list[Choice], reply: Reply) -> Any:
+    if kind == "responses":
+        return response_document(body, model, choices[0], reply.reasoning_item)
+    return completion_document(
+        "chat" if kind == "chat" else "text", body, model, choices, reply.reasoning_field
+    )
+
+
+def _encoder(kind: str, body: dict[str, Any], model: str, choices: list[Choice], reply: Reply) -> _Encoder:
+    if kind == "responses":
+        return ResponseStream(body, model, choices[0], reply.reasoning_item)
+    return CompletionStream("chat" if kind == "chat" else "text", body, model, choices, reply.reasoning_field)
+
+
+def _api(kind: str) -> Api:
+    return "responses" if kind == "responses" else "chat" if kind == "chat" else "text"
 
 
 async def _complete(kind: str, body: dict[str, Any], reply: Reply, model: str, exchange: _Exchange) -> None:
-    """A whole (not streamed) completion, or the fault that replaces it."""
-    text, finish_reason = reply.text, reply.finish_reason
+    """A whole (not streamed) answer, or the fault that replaces it."""
+    choices = choices_for(_api(kind), body, reply)
     if reply.fault == "truncate":  # what a server that ran out of tokens answers
-        pieces = split_chunks(text)
-        text, finish_reason = "".join(pieces[: max(1, len(pieces) // 2)]), "length"
-    if kind == "chat":
-        choice = _choice("message", {"role": "assistant", "content": text}, finish_reason)
-    else:
-        choice = _choice("text", text, finish_reason)
-    doc = {**_envelope(kind, model, stream=False), "choices": [choice], "usage": _usage(body, text)}
+        choices = cut(choices, max(1, count_pieces(choices) // 2))
+    doc = _document(kind, body, model, choices, reply)
     if reply.fault == "garbage":
         await exchange.start(200, b"application/json", reply.headers, len(GARBAGE))
         return await exchange.write(GARBAGE, more=False)
@@ -249,40 +268,9 @@ async def _complete(kind: str, body: dict[str, Any], reply: Reply, model: str, e
     await exchange.json(200, doc, reply.headers)
 
 
-# ------------------------------------------------------------------------------------ streams
-
-
-class _Events:
-    """The server-sent events of one streamed answer; every chunk repeats the same envelope."""
-
-    def __init__(self, kind: str, model: str, body: dict[str, Any]) -> None:
-        options = body.get("stream_options")
-        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        self.chat = kind == "chat"
-        self.body = body
-        self.head = _envelope(kind, model, stream=True)
-        if self.include_usage:
-            self.head["usage"] = None
-
-    def _event(self, choice: dict[str, Any]) -> bytes:
-        return _sse({**self.head, "choices": [choice]})
-
-    def role(self) -> bytes:
-        return self._event(_choice("delta", {"role": "assistant", "content": ""}))
-
-    def text(self, piece: str) -> bytes:
-        return self._event(_choice("delta", {"content": piece}) if self.chat else _choice("text", piece))
-
-    def final(self, finish_reason: str) -> bytes:
-        if self.chat:
-            return self._event(_choice("delta", {}, finish_reason))
-        return self._event(_choice("text", "", finish_reason))
-
-    def usage(self, text: str) -> bytes:
-        return _sse({**self.head, "choices": [], "usage": _usage(self.body, text)})
-
-
-async def _stream(events: _Events, reply: Reply, exchange: _Exchange) -> None:
+async def _stream(kind: str, body: dict[str, Any], reply: Reply, model: str, exchange: _Exchange) -> None:
+    choices = choices_for(_api(kind), body, reply)
+    encoder = _encoder(kind, body, model, choices, reply)
     headers = {"cache-control": "no-cache", **reply.headers}
     await exchange.start(200, b"text/event-stream; charset=utf-8", headers, None)
     if not await exchange.pause(reply.ttft_s):
@@ -290,57 +278,33 @@ async def _stream(events: _Events, reply: Reply, exchange: _Exchange) -> None:
     if reply.fault == "garbage":
         await exchange.write(b"<html><body>502 Bad Gateway</body></html>\n\n")
         return await exchange.write(b"data: {not json\n\n", more=False)
-    if events.chat:
-        await exchange.write(events.role())
-    if not await _stream_text(events, reply, exchange):
+    opening = encoder.opening()
+    if opening:
+        await exchange.write(opening)
+    if not await _stream_pieces(encoder, pieces(choices), reply, exchange):
         return
     if reply.fault == "close_midstream":
         return await exchange.drop(reset=False)
-    await exchange.write(events.final(reply.finish_reason))
-    if events.include_usage:
-        await exchange.write(events.usage(reply.text))
-    await exchange.write(b"data: [DONE]\n\n", more=False)
+    await exchange.write(encoder.closing(), more=False)
 
 
-async def _stream_text(events: _Events, reply: Reply, exchange: _Exchange) -> bool:
-    """The answer's text, a few words an event; False when the stream ended early (a fault, or the
-    client left)."""
-    pieces = split_chunks(reply.text)
-    for i, piece in enumerate(pieces):
+async def _stream_pieces(encoder: _Encoder, stream: list[Piece], reply: Reply, exchange: _Exchange) -> bool:
+    """The answer's pieces, one an event; False when the stream ended early (a fault, or the client
+    left)."""
+    for i, piece in enumerate(stream):
         if reply.fault == "close_midstream" and i == 2:
             await exchange.drop(reset=False)
             return False
-        if reply.fault == "truncate" and i == max(1, len(pieces) // 2):
+        if reply.fault == "truncate" and i == max(1, len(stream) // 2):
             await exchange.write(b"", more=False)
             return False
         if i and not await exchange.pause(reply.token_delay_s):
             return False
-        await exchange.write(events.text(piece))
+        await exchange.write(encoder.piece(piece))
     return True
 
 
-# ------------------------------------------------------------------------------------ wire format
-
-
-def _choice(key: str, value: Any, finish_reason: str | None = None) -> dict[str, Any]:
-    return {"index": 0, key: value, "logprobs": None, "finish_reason": finish_reason}
-
-
-def _envelope(kind: str, model: str, *, stream: bool) -> dict[str, Any]:
-    if kind == "chat":
-        prefix, obj = "chatcmpl-", "chat.completion.chunk" if stream else "chat.completion"
-    else:
-        prefix, obj = "cmpl-", "text_completion"
-    return {"id": prefix + uuid.uuid4().hex[:24], "object": obj, "created": int(time.time()), "model": model}
-
-
-def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
-    prompt, completion = count_tokens(prompt_text(body)), count_tokens(text)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _sse(doc: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"
+# ------------------------------------------------------------------------------------ embeddings
 
 
 def _embedding(item: Any, size: int, encoding_format: Any) -> Any:
