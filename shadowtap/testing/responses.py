@@ -208,26 +208,28 @@ class ResponseStream:
         return added + self._event("response.content_part.added", **where, content_index=0, part=part)
 
     def _close(self, index: int) -> bytes:
+        """The item's closing events, in order: its text (or arguments) done, its part done, itself."""
         item = self.items[index]
+        return self._finish_part(index, item) + self._event(
+            "response.output_item.done", output_index=index, item=item.done
+        )
+
+    def _finish_part(self, index: int, item: _Item) -> bytes:
         where = {"item_id": item.id, "output_index": index}
-        done = self._event("response.output_item.done", output_index=index, item=item.done)
         if item.kind == "function_call":
             name, arguments = item.done["name"], item.done["arguments"]
-            return (
-                self._event("response.function_call_arguments.done", **where, arguments=arguments, name=name)
-                + done
+            return self._event(
+                "response.function_call_arguments.done", **where, arguments=arguments, name=name
             )
         if item.kind == "reasoning" and item.part == "summary":
             part = item.done["summary"][0]
             text = self._event(
                 "response.reasoning_summary_text.done", **where, summary_index=0, text=part["text"]
             )
-            return (
-                text
-                + self._event("response.reasoning_summary_part.done", **where, summary_index=0, part=part)
-                + done
+            return text + self._event(
+                "response.reasoning_summary_part.done", **where, summary_index=0, part=part
             )
-        part = (item.done["content"])[0]
+        part = item.done["content"][0]
         if part["type"] == "refusal":
             text = self._event("response.refusal.done", **where, content_index=0, refusal=part["refusal"])
         elif part["type"] == "reasoning_text":
@@ -236,7 +238,7 @@ class ResponseStream:
             text = self._event(
                 "response.output_text.done", **where, content_index=0, text=part["text"], logprobs=[]
             )
-        return text + self._event("response.content_part.done", **where, content_index=0, part=part) + done
+        return text + self._event("response.content_part.done", **where, content_index=0, part=part)
 
     def piece(self, piece: Piece) -> bytes:
         index = self._item_of(piece)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from starlette.applications import Starlette
@@ -22,6 +23,7 @@ from shadowtap.testing.upstreams import (
     Reply,
     ServerHandle,
     SimulatedLLM,
+    ToolCall,
     default_policy,
     fixed,
     keyword_policy,
@@ -63,11 +65,13 @@ def client(served: tuple[SimulatedLLM, ServerHandle]) -> Iterator[openai.OpenAI]
         yield client
 
 
-def stream_raw(handle: ServerHandle, body: dict[str, Any]) -> tuple[list[bytes], Exception | None]:
+def stream_raw(
+    handle: ServerHandle, body: dict[str, Any], route: str = "/chat/completions"
+) -> tuple[list[bytes], Exception | None]:
     """The raw pieces of a streamed answer as httpx reads them, and the error that ended it, if any."""
     pieces: list[bytes] = []
     try:
-        with httpx.stream("POST", handle.base_url + "/chat/completions", json=body, timeout=10) as response:
+        with httpx.stream("POST", handle.base_url + route, json=body, timeout=10) as response:
             for piece in response.iter_raw():
                 pieces.append(piece)
     except httpx.HTTPError as exc:
@@ -435,3 +439,357 @@ def test_the_testing_package_exports_its_public_api():
         "make_side",
     }
     assert all(hasattr(shadowtap.testing, name) for name in shadowtap.testing.__all__)
+
+
+# ------------------------------------------------------------------------------------ tool calls
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+PARIS = json.dumps({"city": "Paris", "days": 3})
+
+
+def test_a_tool_call_parses_with_the_sdk(sim, client):
+    sim.policy = fixed(Reply(text="", tool_calls=[("get_weather", PARIS)]))
+
+    answer = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS)
+
+    choice = answer.choices[0]
+    [call] = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    assert call.function.name == "get_weather" and call.function.arguments == PARIS
+    assert choice.message.content is None and choice.finish_reason == "tool_calls"
+
+
+def test_streamed_tool_calls_accumulate_by_index(sim, handle, client):
+    second = ToolCall("get_weather", json.dumps({"city": "Lyon", "days": 1}), id="call_fixed")
+    sim.policy = fixed(Reply(text="", tool_calls=[("get_weather", PARIS), second]))
+    body = {"model": "m", "messages": CHAT, "tools": TOOLS, "stream": True}
+
+    chunks = list(client.chat.completions.create(**body))
+    calls: dict[int, dict[str, str]] = {}
+    for chunk in chunks:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            if delta.id is not None:  # a call's first delta: id, type, name and empty arguments
+                assert delta.type == "function" and delta.function.arguments == ""
+                calls[delta.index] = {"id": delta.id, "name": delta.function.name, "arguments": ""}
+            else:  # later deltas: only the index and a piece of the arguments
+                assert delta.function.name is None and delta.type is None
+                calls[delta.index]["arguments"] += delta.function.arguments
+    with client.chat.completions.stream(model="m", messages=CHAT, tools=TOOLS) as stream:
+        final = stream.get_final_completion()
+
+    assert [c["arguments"] for c in calls.values()] == [PARIS, second.arguments]
+    assert calls[0]["id"].startswith("call_") and calls[1]["id"] == "call_fixed"
+    assert sum(len(c.choices[0].delta.tool_calls or []) for c in chunks) > 4  # arguments come in pieces
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert [c.function.arguments for c in final.choices[0].message.tool_calls] == [PARIS, second.arguments]
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_named_tool_choice_finishes_with_stop_and_default_policy_fills_the_schema(sim, client):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    forced = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, tool_choice=named)
+    required = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, tool_choice="required")
+    free = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS)
+
+    [call] = forced.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+    assert forced.choices[0].finish_reason == "stop"  # OpenAI and vLLM: named tool choice → "stop"
+    assert required.choices[0].finish_reason == "tool_calls"
+    assert free.choices[0].message.tool_calls is None and free.choices[0].message.content
+
+
+def test_a_truncated_tool_call_ends_with_partial_arguments_and_length(sim, client):
+    sim.policy = fixed(Reply(text="", tool_calls=[("get_weather", PARIS)], fault="truncate"))
+
+    answer = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS)
+
+    arguments = answer.choices[0].message.tool_calls[0].function.arguments
+    assert answer.choices[0].finish_reason == "length"
+    assert arguments and PARIS.startswith(arguments) and arguments != PARIS
+
+
+def test_a_scripted_tool_call_regression_breaks_the_schema_on_some_requests(sim, handle):
+    """How a test scripts a candidate whose tool calls regress: refund questions get arguments that do
+    not fit the schema (a string where an integer goes, a required field missing), the rest valid."""
+    order = {
+        "type": "object",
+        "properties": {"order_id": {"type": "integer"}, "reason": {"type": "string"}},
+        "required": ["order_id", "reason"],
+    }
+    tools = [{"type": "function", "function": {"name": "refund_order", "parameters": order}}]
+    regressed = Reply(text="", tool_calls=[("refund_order", json.dumps({"order_id": "A-17"}))])
+    sim.policy = keyword_policy({"refund": regressed})  # everything else: default_policy, which fits
+
+    def arguments(question: str) -> Any:
+        messages = [{"role": "user", "content": question}]
+        with openai.OpenAI(base_url=handle.base_url, api_key="sk-test", max_retries=0) as client:
+            answer = client.chat.completions.create(
+                model="candidate", messages=messages, tools=tools, tool_choice="required"
+            )
+        return json.loads(answer.choices[0].message.tool_calls[0].function.arguments)
+
+    jsonschema.validate(arguments("Where is my order?"), order)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(arguments("I want a refund for order 17"), order)
+
+
+# ------------------------------------------------------------------------------------ n, reasoning, refusal
+
+
+def test_n_choices_each_with_its_index_plain_and_streamed(sim, client):
+    sim.policy = fixed(
+        Reply(text="fallback", choices=["First answer here.", "Second one, longer than that.", "Third."])
+    )
+
+    plain = client.chat.completions.create(model="m", messages=CHAT, n=3)
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=CHAT, n=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    texts: dict[int, str] = {}
+    finished: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    four = client.chat.completions.create(model="m", messages=CHAT, n=4)
+
+    assert [(c.index, c.message.content) for c in plain.choices] == [
+        (0, "First answer here."),
+        (1, "Second one, longer than that."),
+        (2, "Third."),
+    ]
+    assert texts == {0: "First answer here.", 1: "Second one, longer than that.", 2: "Third."}
+    assert finished == {0: "stop", 1: "stop", 2: "stop"}
+    assert [c.choices[0].index for c in chunks[:3]] == [0, 1, 2]  # a role chunk for each choice first
+    assert {c.choices[0].index for c in chunks[3:6]} == {0, 1, 2}  # then the choices interleave
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert [c.message.content for c in four.choices][3] == "fallback"
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content", "both"])
+def test_reasoning_goes_out_where_vllm_puts_it(sim, client, field):
+    thought = "The user wants router steps. Keep it short."
+    sim.policy = fixed(Reply(text="Unplug it.", reasoning=thought, reasoning_field=field))
+    names = ["reasoning", "reasoning_content"] if field == "both" else [field]
+
+    plain = client.chat.completions.create(model="m", messages=CHAT)
+    chunks = list(client.chat.completions.create(model="m", messages=CHAT, stream=True))
+    streamed = {
+        name: "".join(getattr(c.choices[0].delta, name, None) or "" for c in chunks) for name in names
+    }
+    first_reasoning = next(i for i, c in enumerate(chunks) if getattr(c.choices[0].delta, names[0], None))
+    first_content = next(i for i, c in enumerate(chunks) if c.choices[0].delta.content)
+
+    message = plain.choices[0].message
+    assert message.content == "Unplug it."
+    assert {name: message.model_extra[name] for name in names} == {name: thought for name in names}
+    assert getattr(message, names[0]) == thought  # SDK models keep extra fields as attributes
+    assert streamed == {name: thought for name in names}
+    assert first_reasoning < first_content  # reasoning streams before the answer
+    assert plain.usage.completion_tokens_details.reasoning_tokens > 0
+
+
+def test_a_refusal_has_null_content_plain_and_streamed(sim, handle, client):
+    refusal = "I'm sorry, but I can't assist with that request."
+    sim.policy = fixed(Reply(refusal=refusal))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+
+    plain = client.chat.completions.create(model="m", messages=CHAT, response_format=response_format)
+    chunks = list(client.chat.completions.create(model="m", messages=CHAT, stream=True))
+    with client.chat.completions.stream(model="m", messages=CHAT) as stream:
+        final = stream.get_final_completion()
+
+    assert plain.choices[0].message.refusal == refusal and plain.choices[0].message.content is None
+    first = chunks[0].choices[0].delta
+    assert (first.role, first.content, first.refusal) == ("assistant", None, "")  # as OpenAI streams it
+    assert "".join(c.choices[0].delta.refusal or "" for c in chunks) == refusal
+    assert all(c.choices[0].delta.content is None for c in chunks)
+    assert final.choices[0].message.refusal == refusal and final.choices[0].message.content is None
+
+
+# ------------------------------------------------------------------------------------ completions
+
+
+def test_a_prompt_array_gets_a_choice_per_prompt_and_sample(sim, client):
+    prompts = ["The capital of France is", "The capital of Italy is"]
+
+    plain = client.completions.create(model="m", prompt=prompts, n=2)
+    chunks = list(client.completions.create(model="m", prompt=prompts, stream=True))
+    streamed: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+
+    assert [(c.index, c.text) for c in plain.choices] == [
+        (0, "Answer to: The capital of France is"),
+        (1, "Answer to: The capital of France is"),
+        (2, "Answer to: The capital of Italy is"),
+        (3, "Answer to: The capital of Italy is"),
+    ]
+    assert streamed == {0: "Answer to: The capital of France is", 1: "Answer to: The capital of Italy is"}
+    assert [c.choices[0].finish_reason for c in chunks[-2:]] == ["stop", "stop"]
+
+
+def test_a_scripted_prompt_array_answers_each_choice_its_own(sim, client):
+    sim.policy = fixed(Reply(choices=["Paris.", "Rome."], finish_reason="length"))
+
+    answer = client.completions.create(model="m", prompt=["France?", "Italy?"])
+    tokens = client.completions.create(model="m", prompt=[1, 2, 3])  # token ids: one prompt
+
+    assert [(c.index, c.text, c.finish_reason) for c in answer.choices] == [
+        (0, "Paris.", "length"),
+        (1, "Rome.", "length"),
+    ]
+    assert [c.text for c in tokens.choices] == ["Paris."]
+
+
+# ------------------------------------------------------------------------------------ Responses API
+
+
+def test_a_response_parses_with_the_sdk(sim, client):
+    answer = client.responses.create(
+        model="resp-model", input="How do I reset my router?", instructions="Be brief."
+    )
+
+    assert answer.object == "response" and answer.id.startswith("resp_")
+    assert answer.status == "completed" and answer.model == "resp-model"
+    assert answer.output_text == "Answer to: How do I reset my router?"
+    [message] = answer.output
+    assert message.type == "message" and message.role == "assistant" and message.status == "completed"
+    assert message.content[0].type == "output_text" and message.content[0].annotations == []
+    assert answer.instructions == "Be brief."
+    usage = answer.usage
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert usage.output_tokens_details.reasoning_tokens == 0
+
+
+def test_a_response_answers_the_last_user_item_and_asks_for_json(sim, client):
+    items = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi, how can I help?"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Track my parcel"}]},
+    ]
+    schema = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+    text_format = {"format": {"type": "json_schema", "name": "parcel", "schema": schema}}
+
+    plain = client.responses.create(model="m", input=items)
+    shaped = client.responses.create(model="m", input=items, text=text_format)
+
+    assert plain.output_text == "Answer to: Track my parcel"
+    assert json.loads(shaped.output_text) == {"status": "Answer to: Track my parcel"}
+    assert shaped.text.format.type == "json_schema"  # the request's settings are echoed
+
+
+def test_a_response_with_reasoning_refusal_and_calls_has_their_items(sim, client):
+    tools = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+    sim.policy = fixed(Reply(text="", reasoning="Look it up.", tool_calls=[("get_weather", PARIS)]))
+    called = client.responses.create(model="m", input="Weather in Paris?", tools=tools)
+    sim.policy = fixed(Reply(refusal="I can't help with that."))
+    refused = client.responses.create(model="m", input="Something bad")
+
+    reasoning, call = called.output
+    assert reasoning.type == "reasoning" and reasoning.summary[0].type == "summary_text"
+    assert reasoning.summary[0].text == "Look it up."
+    assert call.type == "function_call" and call.name == "get_weather" and call.arguments == PARIS
+    assert call.call_id.startswith("call_") and call.id.startswith("fc_") and call.status == "completed"
+    assert called.output_text == "" and called.usage.output_tokens_details.reasoning_tokens > 0
+    [part] = refused.output[0].content
+    assert part.type == "refusal" and part.refusal == "I can't help with that." and refused.output_text == ""
+
+
+def test_a_streamed_response_has_the_typed_events_and_the_whole_response_at_the_end(sim, handle, client):
+    sim.policy = fixed(Reply(text=LONG, reasoning="Routers need a power cycle."))
+    body = {"model": "m", "input": "How do I reset my router?", "stream": True}
+
+    with client.responses.stream(model="m", input="How do I reset my router?") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    pieces, error = stream_raw(handle, body, "/responses")
+    raw = b"".join(pieces).decode()
+
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert types.index("response.reasoning_summary_part.added") < types.index(
+        "response.reasoning_summary_text.delta"
+    )
+    assert types.count("response.output_item.added") == types.count("response.output_item.done") == 2
+    for kind in ["content_part.added", "output_text.delta", "output_text.done", "content_part.done"]:
+        assert f"response.{kind}" in types
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == LONG and len(deltas) >= 4
+    assert events[0].response.status == "in_progress" and events[0].response.output == []
+    assert final.output_text == LONG and final.status == "completed"
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert error is None and "event: response.created\ndata: {" in raw and "[DONE]" not in raw
+
+
+def test_a_streamed_response_calls_functions_and_refuses(sim, client):
+    sim.policy = fixed(Reply(text="", tool_calls=[("get_weather", PARIS), ("get_weather", "{}")]))
+    with client.responses.stream(model="m", input="Weather?") as stream:
+        called = list(stream)
+        final = stream.get_final_response()
+    sim.policy = fixed(Reply(refusal="I can't help with that."))
+    refused = list(client.responses.create(model="m", input="Something bad", stream=True))
+
+    done = [e for e in called if e.type == "response.function_call_arguments.done"]
+    assert [(e.name, e.arguments) for e in done] == [("get_weather", PARIS), ("get_weather", "{}")]
+    deltas = "".join(e.delta for e in called if e.type == "response.function_call_arguments.delta")
+    assert deltas == PARIS + "{}"
+    added = [e.item for e in called if e.type == "response.output_item.added"]
+    assert [(i.type, i.status, i.arguments) for i in added] == [("function_call", "in_progress", "")] * 2
+    assert [item.arguments for item in final.output] == [PARIS, "{}"]
+    assert (
+        "".join(e.delta for e in refused if e.type == "response.refusal.delta") == "I can't help with that."
+    )
+    assert [e.refusal for e in refused if e.type == "response.refusal.done"] == ["I can't help with that."]
+    assert refused[-1].response.output[0].content[0].type == "refusal"
+
+
+def test_a_streamed_response_can_carry_reasoning_as_vllm_does(sim, client):
+    sim.policy = fixed(Reply(text="Done.", reasoning="Think first.", reasoning_item="text"))
+
+    events = list(client.responses.create(model="m", input="Go", stream=True))
+
+    types = [e.type for e in events]
+    assert "response.reasoning_summary_text.delta" not in types
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "Think first."
+    reasoning = events[-1].response.output[0]
+    assert reasoning.summary == [] and reasoning.content[0].text == "Think first."
+
+
+def test_faults_apply_to_the_responses_api(sim, handle, client):
+    body = {"model": "m", "input": "Reset?", "stream": True}
+    sim.policy = fixed(Reply(text=LONG, fault="truncate"))
+    truncated, truncated_error = stream_raw(handle, body, "/responses")
+    cut_short = client.responses.create(model="m", input="Reset?")
+    sim.policy = fixed(Reply(text=LONG, fault="close_midstream"))
+    dropped, dropped_error = stream_raw(handle, body, "/responses")
+    sim.policy = fixed(Reply(text=LONG, finish_reason="length"))
+    incomplete = list(client.responses.create(model="m", input="Reset?", stream=True))
+    sim.policy = fixed(Reply(status=429))
+
+    assert truncated_error is None and b"response.output_text.delta" in b"".join(truncated)
+    assert b"response.completed" not in b"".join(truncated)
+    assert cut_short.status == "incomplete" and cut_short.incomplete_details.reason == "max_output_tokens"
+    assert cut_short.output_text and LONG.startswith(cut_short.output_text) and cut_short.output_text != LONG
+    assert isinstance(dropped_error, httpx.RemoteProtocolError | httpx.ReadError)
+    assert b"response.completed" not in b"".join(dropped)
+    assert incomplete[-1].type == "response.incomplete" and incomplete[-1].response.status == "incomplete"
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="m", input="Reset?")
+    sim.policy = fixed(Reply(fault="garbage"))
+    with pytest.raises(Exception):  # noqa: B017 - any failure to parse will do
+        list(client.responses.create(model="m", input="Reset?", stream=True))
