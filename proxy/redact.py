@@ -1,35 +1,67 @@
-"""Redaction applied before anything is written: PII masking of message contents and answer texts.
+"""Redaction applied before anything is written: PII masking of request bodies, answers and short texts.
 
 Secret headers never reach a record at all (records carry no headers); this module masks personal data
-inside the texts: e-mail addresses, phone numbers, payment card numbers (Luhn-checked, so order numbers
-and timestamps survive) and any configured patterns.
+inside strings: e-mail addresses, phone numbers, payment card numbers and any configured patterns. What
+only looks like a number of that kind (timestamps, dates, times, UUIDs, versions, order and tracking ids,
+IP addresses, hashes, ISBNs, prices) is left as it was, so that a recorded example replays as it was asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
 from shadowtap.config import PiiSettings
 
-EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-# 13-19 digits, optionally grouped by spaces or dashes.
+__all__ = [
+    "CARD",
+    "EMAIL",
+    "PHONE",
+    "SLICE_CHARS",
+    "Redactor",
+    "luhn_ok",
+    "pieces",
+]
+
+EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# 13-19 digits, optionally grouped by spaces or dashes; `_mask_card` keeps only issuer prefixes and the Luhn
+# check digit, so order numbers, ISBNs and millisecond timestamps survive.
 CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-# International or national numbers with at least 9 digits, common separators, optional extension.
+# Phone candidates: +country code and groups, (area) and groups, groups joined by one separator each, or a
+# bare run of 10-11 digits. A candidate is never glued to a word, a `+` or `#`, nor continues a time
+# (`10:30`), a dotted version or address (`1.2.3`, `10.0.0.1`) or a dashed id (`ORD-2026-000123`) on either
+# side. `_mask_phone` then keeps only the shapes phone numbers are written in.
+_SEP = "[ .\\-\u00a0\u202f]"
 PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?![\w])"
+    r"(?<![\w+#])(?<!\d[:.\-])(?:"
+    rf"\+\d{{1,5}}(?:{_SEP}?\(\d{{1,4}}\){_SEP}?\d{{1,8}}|{_SEP}\d{{1,8}})(?:{_SEP}\d{{1,8}}){{0,4}}"
+    r"|\+\d{7,15}"
+    rf"|\(\d{{2,5}}\){_SEP}?\d{{2,8}}(?:{_SEP}\d{{2,8}}){{0,3}}"
+    rf"|\d{{1,5}}(?:{_SEP}\d{{2,8}}){{1,4}}"
+    r"|\d{10,11}"
+    r")(?!\w|[:.\-]\d)"
 )
 
 
 _DIGIT = re.compile(r"\d")
 # Long texts are masked a piece at a time, so that masking never holds the event loop for long.
 SLICE_CHARS = 16 * 1024
-# Where a text may be cut without changing what a built-in pattern matches: after a character none of
-# them can contain, after a letter followed by whitespace (only an e-mail ends in a letter, and no
-# pattern matches across whitespace after one), or between two whitespace characters (card and phone
-# numbers allow one separator at a time). Lookarounds see the same on either side of such a cut.
-_CUT = re.compile(r"[^\w\s.%+\-@()]|[^\W\d_](?=\s)|\s(?=\s)")
+# Where a text may be cut without changing what a built-in pattern matches: after a character that none of
+# them can contain or look at around a match (so not `: #` either), after a letter followed by whitespace
+# (only an e-mail ends in a letter, and no pattern matches across whitespace after one), or between two
+# whitespace characters (card and phone numbers allow one separator at a time). Lookarounds see the same on
+# either side of such a cut.
+_CUT = re.compile(r"[^\w\s.%+\-@():#]|[^\W\d_](?=\s)|\s(?=\s)")
+
+# Request fields that are the developer's, not user data: tool definitions (names, descriptions and the
+# parameter schemas the tools scorer validates arguments against), the tool choice and structured-output
+# schemas. They are recorded exactly as sent.
+_DEVELOPER_FIELDS = frozenset({"model", "tools", "functions", "tool_choice", "response_format"})
+# A JSON string literal (in valid JSON, outside strings there are no quotes), and what follows an object key.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_KEY_FOLLOWS = re.compile(r"\s*:")
 
 
 def pieces(value: str, size: int = SLICE_CHARS) -> list[str]:
@@ -60,12 +92,49 @@ def luhn_ok(digits: str) -> bool:
 
 
 class Redactor:
-    """Masks PII in strings; `redact_request` walks a request body and masks every message text."""
+    """Masks PII in strings and in JSON values: `mask_request` for a request body, `mask_value` for an
+    answer's outputs, `mask_text` for a short string (an error message, a snippet, a tag)."""
 
     def __init__(self, settings: PiiSettings) -> None:
         self.enabled = settings.enabled
         self.settings = settings
         self.custom = [(name, re.compile(p)) for name, p in settings.patterns.items()]
+
+    async def mask_request(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A masked copy of a request body and how many of its strings were masked.
+
+        Every string at every depth is masked: messages' contents, content parts, names and tool-call
+        arguments (inside their JSON), `prompt`, the Responses API's `input` items and `instructions`,
+        `user`, `metadata` values and the rest. Left exactly as sent (and shared with `body`): `model`,
+        the developer's `tools`/`functions`/`tool_choice`, and the structured-output schemas
+        (`response_format`, Responses `text.format`), which scorers validate answers against; object keys;
+        numbers, booleans and nulls."""
+        if not self.enabled:
+            return body, 0
+        run = _Pass(self)
+        out: dict[str, Any] = {}
+        for key, value in body.items():
+            if key in _DEVELOPER_FIELDS:
+                out[key] = value
+            elif key == "text" and isinstance(value, dict):
+                out[key] = {k: v if k == "format" else await run.value(v) for k, v in value.items()}
+            else:
+                out[key] = await run.value(value)
+        return out, run.masked
+
+    async def mask_value(self, value: Any) -> tuple[Any, int]:
+        """A masked copy of any JSON value (an answer's text, tool calls, reasoning, refusal) and how many
+        of its strings were masked. Strings inside a JSON `arguments` string are masked in place, so the
+        arguments stay valid JSON; object keys, numbers, booleans and nulls are left."""
+        if not self.enabled:
+            return value, 0
+        run = _Pass(self)
+        return await run.value(value), run.masked
+
+    def mask_text(self, value: str) -> tuple[str, int]:
+        """A short string masked at once (an error message, a snippet, a tag value), and 1 if it changed."""
+        masked = self.text(value)
+        return masked, int(masked != value)
 
     def text(self, value: str) -> str:
         if not self.enabled or not value:
@@ -87,6 +156,10 @@ class Redactor:
             await asyncio.sleep(0)
         return self._custom("".join(masked))
 
+    async def redact_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The request body masked as `mask_request` does, without the count."""
+        return (await self.mask_request(body))[0]
+
     def _builtin(self, value: str) -> str:
         s = self.settings
         if s.emails and "@" in value:
@@ -105,52 +178,108 @@ class Redactor:
             value = pattern.sub(f"[{name.upper()}]", value)
         return value
 
-    async def redact_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The request body with every message text masked (`atext`: long prompts in pieces)."""
-        if not self.enabled:
-            return body
-        out = dict(body)
-        if isinstance(out.get("messages"), list):
-            out["messages"] = [await self._message(m) for m in out["messages"]]
-        if "prompt" in out:
-            out["prompt"] = await self._value(out["prompt"])
-        if "input" in out:
-            out["input"] = await self._value(out["input"])
-        return out
 
-    async def _message(self, message: Any) -> Any:
-        if not isinstance(message, dict):
-            return message
-        m = dict(message)
-        if "content" in m:
-            m["content"] = await self._value(m["content"])
-        return m
+class _Pass:
+    """One masking pass over a JSON value: counts the strings it masked (each once), and lets the event
+    loop run after every SLICE_CHARS characters of work, however they are split among strings."""
 
-    async def _value(self, value: Any) -> Any:
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        self.masked = 0
+        self._since_pause = 0
+
+    async def value(self, value: Any) -> Any:
         if isinstance(value, str):
-            return await self.atext(value)
+            return await self.text(value)
         if isinstance(value, list):
-            return [await self._value(v) for v in value]
+            return [await self.value(item) for item in value]
         if isinstance(value, dict):
-            return {k: (await self._value(v) if k in ("text", "content") else v) for k, v in value.items()}
+            return {key: await self.field(key, item) for key, item in value.items()}
         return value
+
+    async def field(self, key: str, value: Any) -> Any:
+        if key == "arguments" and isinstance(value, str):
+            return await self.arguments(value)
+        return await self.value(value)
+
+    async def text(self, value: str) -> str:
+        masked = await self.redactor.atext(value)
+        if masked != value:
+            self.masked += 1
+        self._since_pause += len(value)
+        if self._since_pause >= SLICE_CHARS:
+            self._since_pause = 0
+            await asyncio.sleep(0)
+        return masked
+
+    async def arguments(self, value: str) -> str:
+        """Tool-call arguments: in a JSON text each string value is masked in place (keys, numbers and
+        layout untouched, so the tools scorer still parses it); anything else is masked as text."""
+        try:
+            json.loads(value)
+        except (ValueError, RecursionError):
+            return await self.text(value)
+        out: list[str] = []
+        done = 0
+        for literal in _JSON_STRING.finditer(value):
+            if _KEY_FOLLOWS.match(value, literal.end()):
+                continue
+            raw = literal.group(0)
+            decoded = json.loads(raw)
+            masked = await self.text(decoded)
+            if masked != decoded:
+                out += [value[done : literal.start()], json.dumps(masked, ensure_ascii=raw.isascii())]
+                done = literal.end()
+        out.append(value[done:])
+        return "".join(out)
+
+
+def _digits(raw: str) -> str:
+    """The digits of a match, as ASCII (`\\d` also matches other scripts' digits)."""
+    return "".join(ch if ch.isascii() else str(int(ch)) for ch in raw if ch.isdecimal())
 
 
 def _mask_card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    if 13 <= len(digits) <= 19 and luhn_ok(digits):
+    digits = _digits(match.group(0))
+    # Issuers' prefixes start 2-6 (Mastercard, Amex, Diners, JCB, Visa, Discover, UnionPay, Maestro).
+    if 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits):
         return "[CARD]"
     return match.group(0)
 
 
+# A calendar date inside a candidate (`2026-05-01`, `01.05.2026`, `05/31/2026` read with `-` or `.`).
+_DATE = re.compile(
+    r"(?<!\d)(?:(?:19|20)\d\d([-./])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])"
+    r"|(?:0?[1-9]|[12]\d|3[01])([-./])(?:0?[1-9]|[12]\d|3[01])\2(?:19|20)\d\d)(?!\d)"
+)
+_GROUPS = re.compile(_SEP)
+
+
 def _mask_phone(match: re.Match[str]) -> str:
-    raw = match.group(0)
-    digits = sum(ch.isdigit() for ch in raw)
-    # Dates and versions (2024-01-15, 1.2.3) are not phone numbers; real ones have 9-15 digits.
-    if digits < 9 or digits > 15:
-        return raw
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw.strip()):
-        return raw
-    if raw.isdigit() and digits > 12:  # a bare long run of digits is an id, not a phone number
-        return raw
-    return "[PHONE]"
+    return "[PHONE]" if _is_phone(match.group(0)) else match.group(0)
+
+
+def _is_phone(raw: str) -> bool:
+    """Whether a PHONE candidate is written as phone numbers are: with a country code, an (area code),
+    a national trunk 0 (`020 7946 0958`, `07700 900123`), or in the North American 3-3-4 shape."""
+    digits = _digits(raw)
+    if len(set(digits)) == 1 or _DATE.search(raw) is not None:
+        return False
+    if raw[0] == "+":
+        return 8 <= len(digits) <= 15 and digits[0] != "0"
+    if not 9 <= len(digits) <= 15:
+        return False
+    if raw[0] == "(":
+        after = raw[raw.index(")") + 1 :].strip(" .-\u00a0\u202f")
+        return digits[0] == "0" or len(_GROUPS.split(after)) >= 2
+    return digits[0] == "0" or _north_american(digits, [len(g) for g in _GROUPS.split(raw)])
+
+
+def _north_american(digits: str, groups: list[int]) -> bool:
+    """NANP numbers: area code 2-9, written 555-123-4567, 1-555-123-4567, 5551234567 or 15551234567 (an
+    11-digit run starting 1 is also a Chinese mobile number). A bare 10-digit run starting 1 is a Unix time."""
+    if groups in ([3, 3, 4], [10]):
+        return digits[0] in "23456789"
+    if groups in ([1, 3, 3, 4], [11]):
+        return digits[0] == "1" and (groups == [11] or digits[1] in "23456789")
+    return False
