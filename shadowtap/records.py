@@ -1,7 +1,8 @@
 """The record contracts shared by the proxy, the scorers and the sentinel.
 
-`shadowtap.pair/v1` and `shadowtap.score/v1` are the wire formats on Kafka and in the JSONL files; their
-JSON Schemas live in `shadowtap/schemas/` and are what tests validate against.
+`shadowtap.pair/v2` and `shadowtap.score/v1` are the wire formats on Kafka and in the JSONL files; their
+JSON Schemas live in `shadowtap/schemas/` and are what tests validate against. Readers accept pair/v1 too:
+`side_outputs` and `pair_api` give a v1 record's outputs and API as v2 names them.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 import jsonschema
 
-PAIR_SCHEMA = "shadowtap.pair/v1"
+PAIR_SCHEMA = "shadowtap.pair/v2"
+PAIR_SCHEMA_V1 = "shadowtap.pair/v1"
 SCORE_SCHEMA = "shadowtap.score/v1"
+# Each pair record version readers accept, and the bundled JSON Schema that checks it.
+PAIR_SCHEMA_FILES = {PAIR_SCHEMA_V1: "pair.v1", PAIR_SCHEMA: "pair.v2"}
+
+Api = Literal["chat", "completions", "responses"]
+APIS: tuple[Api, ...] = ("chat", "completions", "responses")
 
 Side = Literal["primary", "candidate", "pair"]
 SideName = Literal["primary", "candidate"]
@@ -31,30 +38,63 @@ class SideError(TypedDict):
     message: str
 
 
+class ToolCall(TypedDict):
+    """One tool call of an output; `arguments` exactly as the model sent it (a JSON string, unparsed)."""
+
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+class Output(TypedDict):
+    """One choice of an answer (chat and completions: `choices[].index`; Responses API: the one answer)."""
+
+    index: int
+    text: str | None
+    tool_calls: list[ToolCall]
+    refusal: str | None  # the API's refusal field, not a refusal found in the text
+    reasoning: str | None  # vLLM's `reasoning` / `reasoning_content`, or the Responses reasoning summary
+    finish_reason: str | None  # Responses API: the response's status
+
+
 class SideRecord(TypedDict):
-    """One upstream's answer in a pair record (`primary` or `candidate`)."""
+    """One upstream's answer in a pair record (`primary` or `candidate`). pair/v2 writes every key; the
+    NotRequired ones are absent from v1 records, whose `text` and `finish_reason` are their one output."""
 
     model: str | None
+    response_id: NotRequired[str | None]  # the `id` the upstream returned
     status: int | None
     latency_ms: float | None
-    ttft_ms: float | None
-    text: str | None
-    finish_reason: str | None
+    ttft_ms: float | None  # to the first generated token of any kind: text, tool call, reasoning, refusal
+    text: str | None  # output 0's, for v1 readers
+    finish_reason: str | None  # output 0's, for v1 readers
+    outputs: NotRequired[list[Output]]
     usage: dict[str, Any] | None
     error: SideError | None
-    truncated: NotRequired[bool]  # the recorded body hit shadow.max_record_bytes (pair/v2)
+    truncated: NotRequired[bool]  # the recorded body hit shadow.max_record_bytes
+
+
+class Masked(TypedDict):
+    """How many values masking changed, in the request and in each side's answer."""
+
+    request: int
+    primary: int
+    candidate: int
 
 
 class PairRecord(TypedDict):
-    """`shadowtap.pair/v1`: one mirrored request with both answers. Later versions only add keys."""
+    """One mirrored request with both answers: `shadowtap.pair/v2` (v1 lacks `api` and `masked`).
+    Later versions only add keys."""
 
     schema: str
     id: str
     ts: str
     route: str
+    api: NotRequired[Api]
     stream: NotRequired[bool]
     request: dict[str, Any]
     tags: dict[str, str]
+    masked: NotRequired[Masked]
     primary: SideRecord
     candidate: SideRecord
 
@@ -88,6 +128,41 @@ def side_of(pair: PairRecord, side: SideName) -> SideRecord:
     return pair["primary"] if side == "primary" else pair["candidate"]
 
 
+def api_of_route(route: str) -> Api:
+    """The OpenAI API a route speaks; a route none of the three names is read as chat completions."""
+    path = route.rstrip("/")
+    if path.endswith("/responses"):
+        return "responses"
+    if path.endswith("/completions") and not path.endswith("/chat/completions"):
+        return "completions"
+    return "chat"
+
+
+def pair_api(pair: PairRecord) -> Api:
+    """The API of a pair: as v2 records it, or (v1) as its route names it."""
+    return pair.get("api") or api_of_route(pair["route"])
+
+
+def side_outputs(side: SideRecord) -> list[Output]:
+    """A side's outputs, one per choice: v2's `outputs`, or a v1 side's one answer from its `text` and
+    `finish_reason` (none when it has no text: a failed call)."""
+    outputs = side.get("outputs")
+    if outputs is not None:
+        return outputs
+    if side.get("text") is None:
+        return []
+    return [
+        {
+            "index": 0,
+            "text": side["text"],
+            "tool_calls": [],
+            "refusal": None,
+            "reasoning": None,
+            "finish_reason": side.get("finish_reason"),
+        }
+    ]
+
+
 def utc_now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -99,7 +174,7 @@ def rfc3339(epoch_s: float) -> str:
 
 @cache
 def schema(name: str) -> dict[str, Any]:
-    """Load a bundled JSON Schema: `pair.v1` or `score.v1`."""
+    """Load a bundled JSON Schema: `pair.v1`, `pair.v2` or `score.v1`."""
     text = resources.files("shadowtap").joinpath("schemas", f"{name}.json").read_text()
     loaded: dict[str, Any] = json.loads(text)
     return loaded
@@ -113,8 +188,11 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
 
 
 def validate_pair(record: Any) -> None:
-    """Raise `jsonschema.ValidationError` when `record` is not a valid pair record."""
-    _validator("pair.v1").validate(record)
+    """Raise `jsonschema.ValidationError` when `record` is not a valid pair record of a version readers
+    accept: checked against the schema its own `schema` field names (v2's when it names none known)."""
+    version = record.get("schema") if isinstance(record, dict) else None
+    name = PAIR_SCHEMA_FILES.get(version, "pair.v2") if isinstance(version, str) else "pair.v2"
+    _validator(name).validate(record)
 
 
 def validate_score(record: Any) -> None:
