@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 Fault = Literal[None, "hang", "garbage", "truncate", "close_midstream", "reset"]
-# Where chat answers carry reasoning: vLLM's `reasoning` (since v0.11, vllm-project/vllm#27752; the old
-# name was removed in #33402), the older `reasoning_content` (DeepSeek's name, older vLLM), or both.
+# Where chat answers carry reasoning: current vLLM's `reasoning` (renamed in vllm-project/vllm#27752,
+# the old name dropped in #33402), the older `reasoning_content` (DeepSeek's name, older vLLM), or both.
 ReasoningField = Literal["reasoning", "reasoning_content", "both"]
 # How the Responses API carries reasoning: OpenAI's `summary` of `summary_text` parts, or vLLM's
 # `content` of `reasoning_text` parts (with an empty summary).

@@ -4,8 +4,10 @@ Used as primary, candidate and judge upstreams in tests, by `shadowtap demo` and
 Answers come from a policy, `(route, body) -> Reply`, that can be swapped at runtime; everything served
 is labelled simulated. `serve_in_thread` runs any ASGI app (this one, or the proxy) on loopback.
 
-The pieces live in `policies` (what to answer), `server` (the ASGI app and its wire format) and
-`serving` (uvicorn in a thread); this module gathers them and is the command line:
+The pieces live in `policies` (what to answer), `script` (the choices and stream pieces a reply
+becomes), `completions` and `responses` (chat and text completions, and the Responses API, on the
+wire), `server` (the ASGI app and its faults) and `serving` (uvicorn in a thread); this module
+gathers them and is the command line:
 
     python -m shadowtap.testing.upstreams --port 8001 --name primary-sim [--profile echo|slow|refuser]
 """
