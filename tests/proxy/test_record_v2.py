@@ -4,19 +4,29 @@ The wire formats below follow the OpenAI API reference as the official SDK encod
 `types/chat/chat_completion.py`, `chat_completion_chunk.py`, `types/completion.py`, `types/responses/`)
 and vLLM's OpenAI-compatible server (`vllm/entrypoints/openai/chat_completion/protocol.py`,
 `vllm/entrypoints/generate/base/protocol.py`, `docs/features/reasoning_outputs.md`). Each test names
-the part of the format it relies on.
+the part of the format it relies on. The in-process tests are `unit`; the last ones read the answers
+of a simulated upstream served on loopback and compare the record with what the OpenAI SDK reads.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from shadowtap.proxy.record import SideAssembler, SideResult, build_pair
 from shadowtap.records import (
@@ -28,8 +38,14 @@ from shadowtap.records import (
     side_outputs,
     validate_pair,
 )
-
-pytestmark = pytest.mark.unit
+from shadowtap.testing.upstreams import (
+    Reply,
+    ServerHandle,
+    SimulatedLLM,
+    default_policy,
+    fixed,
+    serve_in_thread,
+)
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -143,6 +159,7 @@ def message(index: int = 0, finish: str = "stop", **fields: Any) -> dict[str, An
     return {"index": index, "message": {"role": "assistant", **fields}, "finish_reason": finish}
 
 
+@pytest.mark.unit
 def test_a_plain_chat_answer_with_n_choices_keeps_each_and_its_response_id_and_usage():
     doc = chat_completion(
         message(0, content="Sunny."),
@@ -161,6 +178,7 @@ def test_a_plain_chat_answer_with_n_choices_keeps_each_and_its_response_id_and_u
     assert (side.text, side.finish_reason) == ("Sunny.", "stop")  # output 0, for v1 readers
 
 
+@pytest.mark.unit
 def test_a_plain_chat_answer_with_two_tool_calls_keeps_both_with_their_arguments_as_sent():
     # message.tool_calls[]: {id, type: "function", function: {name, arguments (a JSON string)}}
     side = plain(chat_completion(message(content=None, tool_calls=WEATHER_CALLS, finish="tool_calls")), CHAT)
@@ -179,6 +197,7 @@ def test_a_plain_chat_answer_with_two_tool_calls_keeps_both_with_their_arguments
     ]
 
 
+@pytest.mark.unit
 def test_a_plain_chat_refusal_is_its_own_field_not_the_text():
     # Structured outputs: message.refusal carries the refusal and content is null.
     side = plain(chat_completion(message(content=None, refusal="I can't help with that.")), CHAT)
@@ -186,6 +205,7 @@ def test_a_plain_chat_refusal_is_its_own_field_not_the_text():
     assert output(side)["text"] == ""
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
 def test_a_plain_chat_answer_keeps_vllms_reasoning_under_either_name(field: str):
     # vLLM's reasoning parsers put it in message.reasoning; before the rename, message.reasoning_content.
@@ -194,6 +214,7 @@ def test_a_plain_chat_answer_keeps_vllms_reasoning_under_either_name(field: str)
     assert output(side)["text"] == "Take an umbrella."
 
 
+@pytest.mark.unit
 def test_a_vllm_message_that_sends_both_reasoning_names_is_not_recorded_twice():
     side = plain(
         chat_completion(message(content="Yes.", reasoning="Think.", reasoning_content="Think.")), CHAT
@@ -204,6 +225,7 @@ def test_a_vllm_message_that_sends_both_reasoning_names_is_not_recorded_twice():
 # ------------------------------------------------------------------------------ chat, streamed answers
 
 
+@pytest.mark.unit
 def test_a_stream_of_three_interleaved_choices_keeps_them_apart():
     # n=3: every chunk names its choice by `index`; the last chunk has `choices: []` and the usage.
     events = sse(
@@ -234,6 +256,7 @@ def test_a_stream_of_three_interleaved_choices_keeps_them_apart():
     assert (side.text, side.finish_reason) == ("Sunny.", "stop")
 
 
+@pytest.mark.unit
 def test_streamed_tool_call_arguments_are_joined_per_call_index():
     # tool_calls deltas carry `index` within the message's calls; id and name come in a call's first delta.
     events = sse(
@@ -255,6 +278,7 @@ def test_streamed_tool_call_arguments_are_joined_per_call_index():
     assert output(side)["finish_reason"] == "tool_calls"
 
 
+@pytest.mark.unit
 def test_the_first_token_of_a_tool_call_only_stream_is_its_first_call_delta():
     events = sse(
         chunk(delta(role="assistant", content=None)),  # at 0.1 s: nothing generated yet
@@ -267,6 +291,7 @@ def test_the_first_token_of_a_tool_call_only_stream_is_its_first_call_delta():
     assert side.ttft_ms == pytest.approx(200.0)
 
 
+@pytest.mark.unit
 def test_a_stream_dripped_a_byte_at_a_time_times_its_first_token_when_that_event_is_whole():
     whole = b"".join(sse(chunk(delta(role="assistant")), chunk(delta(reasoning="Hm")), "[DONE]"))
     end = whole.index(b"\n", whole.index(b"Hm"))  # the reasoning event's line ends here
@@ -278,6 +303,7 @@ def test_a_stream_dripped_a_byte_at_a_time_times_its_first_token_when_that_event
     assert output(side)["reasoning"] == "Hm"
 
 
+@pytest.mark.unit
 def test_a_streamed_refusal_is_joined_and_counts_as_the_first_token():
     # ChoiceDelta.refusal (openai-python chat_completion_chunk.py) streams in pieces like content.
     events = sse(
@@ -293,6 +319,7 @@ def test_a_streamed_refusal_is_joined_and_counts_as_the_first_token():
     assert side.ttft_ms == pytest.approx(200.0)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
 def test_streamed_reasoning_is_joined_and_its_first_piece_is_the_first_token(field: str):
     # vLLM's DeltaMessage.reasoning (formerly reasoning_content), before the content deltas.
@@ -310,6 +337,7 @@ def test_streamed_reasoning_is_joined_and_its_first_piece_is_the_first_token(fie
     assert side.ttft_ms == pytest.approx(200.0)
 
 
+@pytest.mark.unit
 def test_a_stream_cut_short_in_one_of_its_choices_is_truncated():
     events = sse(chunk(delta(0, content="Done.", finish="stop")), chunk(delta(1, content="Still go")))
     side = assemble(events, CHAT, streaming=True)
@@ -324,6 +352,7 @@ def completion_choice(index: int, text: str, finish: str | None) -> dict[str, An
     return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
 
 
+@pytest.mark.unit
 def test_a_plain_completion_of_a_prompt_array_keeps_each_prompts_choice():
     # A prompt array answers with one choice per prompt, `index` 0..n-1 (OpenAI completions reference).
     doc = {
@@ -345,6 +374,7 @@ def test_a_plain_completion_of_a_prompt_array_keeps_each_prompts_choice():
     assert side.usage == {"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12}
 
 
+@pytest.mark.unit
 def test_a_streamed_completion_of_a_prompt_array_keeps_each_prompts_text():
     def piece(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
         return {
@@ -422,6 +452,7 @@ CALL_ITEM = {
 }
 
 
+@pytest.mark.unit
 def test_a_plain_responses_answer_is_one_output_assembled_from_its_items():
     side = plain(response("completed", REASONING_ITEM, MESSAGE_ITEM, CALL_ITEM), RESPONSES)
     assert side.error is None
@@ -439,6 +470,7 @@ def test_a_plain_responses_answer_is_one_output_assembled_from_its_items():
     assert (side.text, side.finish_reason) == ("Take an umbrella in Lisbon.", "completed")
 
 
+@pytest.mark.unit
 def test_a_plain_responses_refusal_part_is_the_refusal():
     refused = {
         "type": "message",
@@ -450,6 +482,7 @@ def test_a_plain_responses_refusal_part_is_the_refusal():
     assert output(side)["text"] == ""
 
 
+@pytest.mark.unit
 def test_vllms_responses_reasoning_text_is_kept_when_there_is_no_summary():
     # vLLM's Responses server writes reasoning items with `summary: []` and `content: [reasoning_text]`.
     item = {
@@ -462,6 +495,7 @@ def test_vllms_responses_reasoning_text_is_kept_when_there_is_no_summary():
     assert output(side)["reasoning"] == "Hmm."
 
 
+@pytest.mark.unit
 def test_a_plain_failed_response_is_recorded_as_failed_with_its_message():
     failed = response("failed", error={"code": "server_error", "message": "The model crashed."})
     side = plain(failed, RESPONSES)
@@ -520,6 +554,7 @@ def streamed_response_events() -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.unit
 def test_a_streamed_responses_answer_is_recorded_from_its_completed_event():
     side = assemble(typed_sse(*streamed_response_events()), RESPONSES, streaming=True)
     assert side.error is None
@@ -530,6 +565,7 @@ def test_a_streamed_responses_answer_is_recorded_from_its_completed_event():
     assert (side.response_id, side.usage) == ("resp_9", USAGE)
 
 
+@pytest.mark.unit
 def test_the_completed_event_is_preferred_to_the_deltas():
     events = streamed_response_events()
     events[-1]["response"]["output"][1] = MESSAGE_ITEM | {
@@ -539,6 +575,7 @@ def test_the_completed_event_is_preferred_to_the_deltas():
     assert side.text == "Final."
 
 
+@pytest.mark.unit
 def test_a_responses_stream_cut_short_keeps_what_its_deltas_gave_and_is_truncated():
     events = streamed_response_events()[:-2]  # no arguments.done, no response.completed
     side = assemble(typed_sse(*events), RESPONSES, streaming=True)
@@ -556,6 +593,7 @@ def test_a_responses_stream_cut_short_keeps_what_its_deltas_gave_and_is_truncate
     ]
 
 
+@pytest.mark.unit
 def test_a_responses_stream_of_deltas_alone_is_assembled():
     # Without output_item events (a lean server): the delta events name their item by output_index.
     events = [
@@ -576,12 +614,14 @@ def test_a_responses_stream_of_deltas_alone_is_assembled():
     }
 
 
+@pytest.mark.unit
 def test_the_first_token_of_a_responses_stream_is_its_first_delta_not_the_created_event():
     events = typed_sse(*streamed_response_events())  # at 0.4 s: the reasoning summary's first delta
     side = assemble(events, RESPONSES, streaming=True)
     assert side.ttft_ms == pytest.approx(400.0)
 
 
+@pytest.mark.unit
 def test_the_first_token_of_a_function_call_only_responses_stream_is_the_call():
     events = typed_sse(
         {"type": "response.created", "response": response("in_progress")},
@@ -598,6 +638,7 @@ def test_the_first_token_of_a_function_call_only_responses_stream_is_the_call():
     assert output(side)["tool_calls"] == [{"id": "call_lisbon", "name": "get_weather", "arguments": "{}"}]
 
 
+@pytest.mark.unit
 def test_a_failed_responses_stream_is_recorded_as_failed_with_its_message():
     events = typed_sse(
         {"type": "response.created", "response": response("in_progress")},
@@ -612,6 +653,7 @@ def test_a_failed_responses_stream_is_recorded_as_failed_with_its_message():
     assert side.finish_reason == "failed"
 
 
+@pytest.mark.unit
 def test_an_error_event_in_a_responses_stream_is_a_stream_error():
     # ResponseErrorEvent: {type: "error", code, message, param} at the top level.
     events = typed_sse(
@@ -622,6 +664,7 @@ def test_an_error_event_in_a_responses_stream_is_a_stream_error():
     assert side.error == {"kind": "stream_error", "message": "Slow down."}
 
 
+@pytest.mark.unit
 def test_an_incomplete_response_finishes_as_incomplete_without_an_error():
     events = typed_sse(
         {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "Take an"},
@@ -632,6 +675,7 @@ def test_an_incomplete_response_finishes_as_incomplete_without_an_error():
     assert side.finish_reason == "incomplete"
 
 
+@pytest.mark.unit
 def test_a_responses_stream_with_crlf_lines_is_read():
     events = [e.replace(b"\n", b"\r\n") for e in typed_sse(*streamed_response_events())]
     side = assemble(events, RESPONSES, streaming=True)
@@ -641,6 +685,7 @@ def test_a_responses_stream_with_crlf_lines_is_read():
 # ------------------------------------------------------------------------------------- the record's cap
 
 
+@pytest.mark.unit
 def test_a_responses_stream_past_the_cap_keeps_the_events_before_it():
     events = typed_sse(
         {"type": "response.created", "response": response("in_progress")},
@@ -656,6 +701,7 @@ def test_a_responses_stream_past_the_cap_keeps_the_events_before_it():
     assert len(side.text) < 400 * len("wNNN ")
 
 
+@pytest.mark.unit
 def test_a_chat_stream_past_the_cap_keeps_its_tool_call_pieces_before_it():
     pieces = [chunk(delta(tool_calls=[call_delta(0, arguments="", call_id="call_1", name="f")]))]
     pieces += [chunk(delta(tool_calls=[call_delta(0, arguments=f"{i},")])) for i in range(300)]
@@ -665,6 +711,7 @@ def test_a_chat_stream_past_the_cap_keeps_its_tool_call_pieces_before_it():
     assert call["id"] == "call_1" and call["arguments"].startswith("0,1,2,")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("route", [CHAT, COMPLETIONS, RESPONSES])
 def test_a_plain_answer_past_the_cap_keeps_its_first_bytes_as_output_0(route: str):
     body = json.dumps(chat_completion(message(content="x" * 9000))).encode()
@@ -678,6 +725,7 @@ def test_a_plain_answer_past_the_cap_keeps_its_first_bytes_as_output_0(route: st
 # ------------------------------------------------------------------------------------ v1 compatibility
 
 
+@pytest.mark.unit
 def test_output_0_is_also_written_as_the_v1_text_and_finish_reason():
     side = plain(chat_completion(message(0, content="A."), message(1, content="B.", finish="length")), CHAT)
     written = side.to_dict()
@@ -685,6 +733,7 @@ def test_output_0_is_also_written_as_the_v1_text_and_finish_reason():
     assert written["outputs"] == side.outputs
 
 
+@pytest.mark.unit
 def test_a_side_given_only_a_text_writes_it_as_its_one_output():
     # As the sentinel writes its reference answers.
     written = SideResult(model="ref", status=200, text="The reference.", finish_reason="stop").to_dict()
@@ -725,6 +774,7 @@ V1_PAIR: PairRecord = {
 }
 
 
+@pytest.mark.unit
 def test_a_v1_side_reads_as_one_output_and_a_failed_one_as_none():
     assert side_outputs(V1_PAIR["primary"]) == [
         {
@@ -739,16 +789,19 @@ def test_a_v1_side_reads_as_one_output_and_a_failed_one_as_none():
     assert side_outputs(V1_PAIR["candidate"]) == []
 
 
+@pytest.mark.unit
 def test_a_v2_side_reads_as_its_outputs():
     side = plain(chat_completion(message(0, content="A."), message(1, content="B.")), CHAT).to_dict()
     assert [o["text"] for o in side_outputs(side)] == ["A.", "B."]
 
 
+@pytest.mark.unit
 def test_a_v1_record_still_validates_and_its_api_comes_from_its_route():
     validate_pair(V1_PAIR)
     assert pair_api(V1_PAIR) == "completions"
 
 
+@pytest.mark.unit
 def test_a_record_that_calls_itself_v2_must_carry_the_v2_fields():
     v2_named = V1_PAIR | {"schema": PAIR_SCHEMA}
     with pytest.raises(jsonschema.ValidationError):
@@ -757,6 +810,7 @@ def test_a_record_that_calls_itself_v2_must_carry_the_v2_fields():
         validate_pair(V1_PAIR | {"schema": "shadowtap.pair/v9"})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("route", "api"),
     [
@@ -773,6 +827,7 @@ def test_the_api_is_named_by_the_route(route: str, api: str):
 # --------------------------------------------------------------------------------- the written record
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("route", [CHAT, COMPLETIONS, RESPONSES])
 def test_build_pair_writes_a_v2_record_that_its_schema_accepts(route: str):
     primary = plain(chat_completion(message(content=None, tool_calls=WEATHER_CALLS, reasoning="R.")), CHAT)
@@ -787,6 +842,7 @@ def test_build_pair_writes_a_v2_record_that_its_schema_accepts(route: str):
     json.dumps(written)
 
 
+@pytest.mark.unit
 def test_build_pair_writes_the_masked_counts_and_the_api_it_is_given():
     side = plain(chat_completion(message(content="A.")), CHAT)
     written = record(side, side, api="responses", masked={"request": 2, "candidate": 1})
@@ -797,6 +853,7 @@ def test_build_pair_writes_the_masked_counts_and_the_api_it_is_given():
         record(side, side, api="embeddings")
 
 
+@pytest.mark.unit
 def test_failed_and_cut_short_sides_make_valid_records():
     assembler = SideAssembler(streaming=False, started=STARTED)
     assembler.feed(b'{"error": {"message": "overloaded"}}', STARTED + 0.5)
@@ -806,6 +863,7 @@ def test_failed_and_cut_short_sides_make_valid_records():
     validate_pair(record(failed, cut, RESPONSES))
 
 
+@pytest.mark.unit
 async def test_masking_a_side_masks_every_generated_string_and_counts_them():
     side = plain(
         chat_completion(
@@ -833,6 +891,7 @@ async def test_masking_a_side_masks_every_generated_string_and_counts_them():
     assert output(side, 1)["text"] == "Nothing here."
 
 
+@pytest.mark.unit
 async def test_masking_a_side_with_only_a_text_masks_the_text():
     side = SideResult(status=200, text="Call 555-0100.")
 
@@ -875,6 +934,7 @@ def _stream(events: list[Any], done: bool) -> bytes:
     return "".join(lines).encode()
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(_json, max_size=6),
@@ -896,3 +956,186 @@ def test_fuzz_any_answer_makes_a_valid_record(events, route, streaming, done, cu
     assert written["primary"]["outputs"] == (before or side_outputs(written["primary"] | {"outputs": None}))
     assert written["primary"]["text"] == (before[0]["text"] if before else side.text)
     json.dumps(written)
+
+
+# ------------------------------------------------- a served upstream, read as the OpenAI SDK reads it
+# The simulated upstream (shadowtap.testing) on loopback answers in OpenAI's and vLLM's wire formats;
+# what the record assembles from its bytes is what the real OpenAI SDK parses from the same bytes.
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[SimulatedLLM, ServerHandle]]:
+    sim = SimulatedLLM("sim-model")
+    with serve_in_thread(sim.app) as handle:
+        yield sim, handle
+
+
+def served(
+    upstream: tuple[SimulatedLLM, ServerHandle], route: str, body: dict[str, Any]
+) -> tuple[SideResult, bytes]:
+    """The side the record assembles from the upstream's answer, and the answer's bytes."""
+    _, handle = upstream
+    assembler = SideAssembler(streaming=bool(body.get("stream")), started=time.perf_counter())
+    url = handle.base_url + route.removeprefix("/v1")
+    with httpx.stream("POST", url, json={"model": "m", **body}, timeout=10) as response:
+        for piece in response.iter_raw():
+            assembler.feed(piece, time.perf_counter())
+        status = response.status_code
+    side = assembler.finish(SideResult(status=status), time.perf_counter(), route)
+    return side, b"".join(assembler.chunks)
+
+
+def data_events(body: bytes) -> list[bytes]:
+    lines = [line.strip() for line in body.split(b"\n")]
+    return [line[5:].strip() for line in lines if line.startswith(b"data:") and line[5:].strip() != b"[DONE]"]
+
+
+def sdk_chat(body: bytes, streamed: bool) -> list[dict[str, Any]]:
+    """The choices as the SDK has them: parsed, or accumulated from the chunks by its stream state."""
+    if streamed:
+        state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+        for payload in data_events(body):
+            state.handle_chunk(ChatCompletionChunk.model_validate_json(payload))
+        completion: ChatCompletion = state.get_final_completion()
+    else:
+        completion = ChatCompletion.model_validate_json(body)
+    outputs = []
+    for choice in completion.choices:
+        message, extra = choice.message, choice.message.model_extra or {}
+        calls = [call for call in message.tool_calls or [] if call.type == "function"]
+        outputs.append(
+            {
+                "index": choice.index,
+                "text": message.content or "",
+                "tool_calls": [
+                    {"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in calls
+                ],
+                "refusal": message.refusal or None,
+                "reasoning": extra.get("reasoning") or extra.get("reasoning_content"),
+                "finish_reason": choice.finish_reason,
+            }
+        )
+    return outputs
+
+
+def sdk_response(body: bytes, streamed: bool) -> dict[str, Any]:
+    """The Responses answer as the SDK has it: parsed, or the final response of `response.completed`."""
+    if streamed:
+        events = [TypeAdapter(ResponseStreamEvent).validate_json(payload) for payload in data_events(body)]
+        [final] = [e.response for e in events if e.type in ("response.completed", "response.incomplete")]
+    else:
+        final = Response.model_validate_json(body)
+    items = final.output
+    reasoning = [part.text for i in items if i.type == "reasoning" for part in (i.summary or i.content or [])]
+    return {
+        "index": 0,
+        "text": final.output_text,
+        "tool_calls": [
+            {"id": i.call_id, "name": i.name, "arguments": i.arguments}
+            for i in items
+            if i.type == "function_call"
+        ],
+        "refusal": "".join(
+            p.refusal for i in items if i.type == "message" for p in i.content if p.type == "refusal"
+        )
+        or None,
+        "reasoning": "\n\n".join(reasoning) or None,
+        "finish_reason": final.status,
+    }
+
+
+TOOLS = Reply(
+    text="",
+    tool_calls=[("get_weather", '{"city": "Lisbon", "unit": "c"}'), ("get_time", '{"tz":"Europe/Lisbon"}')],
+    reasoning="Two lookups are needed.",
+)
+REFUSAL = Reply(refusal="I'm sorry, but I can't help with that.")
+THREE = Reply(text="fallback", choices=["Sunny.", "Warm and sunny, 22C.", "Take a hat."])
+CHAT_BODY = {"messages": [{"role": "user", "content": "Weather and time in Lisbon?"}]}
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(
+    ("reply", "extra"),
+    [
+        (TOOLS, {}),
+        (dataclasses.replace(TOOLS, reasoning_field="reasoning_content"), {}),
+        (REFUSAL, {}),
+        (THREE, {"n": 3}),
+    ],
+    ids=["tool calls and reasoning", "reasoning_content", "refusal", "n=3"],
+)
+def test_a_served_chat_answer_is_recorded_as_the_sdk_reads_it(upstream, reply, extra, streamed):
+    sim, _ = upstream
+    sim.policy = fixed(reply)
+    body = (
+        CHAT_BODY | extra | ({"stream": True, "stream_options": {"include_usage": True}} if streamed else {})
+    )
+    side, raw = served(upstream, CHAT, body)
+    assert side.error is None
+    assert side.outputs == sdk_chat(raw, streamed)
+    first = side.outputs[0]
+    assert (first["reasoning"], first["refusal"]) == (reply.reasoning, reply.refusal)
+    assert [call["name"] for call in first["tool_calls"]] == [call.name for call in reply.calls()]
+    assert side.response_id and side.usage
+    if streamed:
+        assert side.ttft_ms is not None
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+def test_a_served_completion_of_a_prompt_array_is_recorded_per_prompt(upstream, streamed):
+    sim, _ = upstream
+    sim.policy = default_policy
+    prompts = ["The capital of France is", "The capital of Italy is"]
+    side, raw = served(upstream, COMPLETIONS, {"prompt": prompts, "n": 2, "stream": streamed})
+    if streamed:
+        texts: dict[int, str] = {}
+        for payload in data_events(raw):
+            # The SDK builds stream chunks without validating them (a chunk's finish_reason is null).
+            for choice in json.loads(payload)["choices"]:
+                texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    else:
+        texts = {c.index: c.text for c in Completion.model_validate_json(raw).choices}
+    assert side.error is None
+    assert {o["index"]: o["text"] for o in side.outputs} == texts
+    assert sorted(texts) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(
+    "reply",
+    [TOOLS, dataclasses.replace(TOOLS, reasoning_item="text"), REFUSAL, Reply(text="Take an umbrella.")],
+    ids=["tool calls and a reasoning summary", "vLLM reasoning text", "refusal", "text"],
+)
+def test_a_served_responses_answer_is_recorded_as_the_sdk_reads_it(upstream, reply, streamed):
+    sim, _ = upstream
+    sim.policy = fixed(reply)
+    side, raw = served(upstream, RESPONSES, {"input": "Weather and time in Lisbon?", "stream": streamed})
+    assert side.error is None
+    assert side.outputs == [sdk_response(raw, streamed)]
+    first = side.outputs[0]
+    assert (first["reasoning"], first["refusal"]) == (reply.reasoning, reply.refusal)
+    assert [call["name"] for call in first["tool_calls"]] == [call.name for call in reply.calls()]
+    assert side.response_id and side.usage
+
+
+def test_a_served_responses_stream_cut_before_its_end_gives_what_its_end_would_have():
+    sim = SimulatedLLM("sim-model")
+    sim.policy = fixed(TOOLS)
+    with serve_in_thread(sim.app) as handle:
+        side, raw = served((sim, handle), RESPONSES, {"input": "Weather and time in Lisbon?", "stream": True})
+    whole = sdk_response(raw, streamed=True)
+    end = raw.rindex(b"event: response.completed")
+    cut = assemble([raw[:end]], RESPONSES, streaming=True)
+    assert cut.error is not None and cut.error["kind"] == "truncated_stream"
+    assert cut.outputs == [whole | {"finish_reason": None}]
+
+
+@pytest.mark.parametrize("route", [CHAT, RESPONSES])
+def test_a_served_stream_cut_short_is_truncated_with_what_came(upstream, route):
+    sim, _ = upstream
+    sim.policy = fixed(Reply(text="Unplug the router, wait ten seconds, plug it back in.", fault="truncate"))
+    body = CHAT_BODY if route == CHAT else {"input": "How do I reset my router?"}
+    side, _ = served(upstream, route, body | {"stream": True})
+    assert side.error is not None and side.error["kind"] == "truncated_stream"
+    assert side.text and "Unplug the router, wait ten seconds, plug it back in.".startswith(side.text)
