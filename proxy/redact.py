@@ -120,14 +120,13 @@ class Redactor:
         if not self.enabled:
             return body, 0
         run = _Pass(self)
-        out: dict[str, Any] = {}
-        for key, value in body.items():
-            if key in _DEVELOPER_FIELDS:
-                out[key] = value
-            elif key == "text" and isinstance(value, dict):
-                out[key] = {k: v if k == "format" else await run.value(v) for k, v in value.items()}
-            else:
-                out[key] = await run.value(value)
+        out = dict(body)
+        keys = [key for key in out if key not in _DEVELOPER_FIELDS]
+        if isinstance(out.get("text"), dict):  # the Responses API's output settings: `format` is a schema
+            out["text"] = text = dict(out["text"])
+            keys.remove("text")
+            await run.fields(text, [key for key in text if key != "format"])
+        await run.fields(out, keys)
         return out, run.masked
 
     async def mask_value(self, value: Any) -> tuple[Any, int]:
@@ -137,7 +136,9 @@ class Redactor:
         if not self.enabled:
             return value, 0
         run = _Pass(self)
-        return await run.value(value), run.masked
+        holder = [value]
+        await run.fields(holder, [0])
+        return holder[0], run.masked
 
     def mask_text(self, value: str) -> tuple[str, int]:
         """A short string masked at once (an error message, a snippet, a tag value), and 1 if it changed."""
@@ -196,28 +197,42 @@ class _Pass:
         self.masked = 0
         self._since_pause = 0
 
-    async def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return await self.text(value)
-        if isinstance(value, list):
-            return [await self.value(item) for item in value]
-        if isinstance(value, dict):
-            return {key: await self.field(key, item) for key, item in value.items()}
-        return value
+    async def fields(self, container: Any, keys: list[Any]) -> None:
+        """Replace `container[key]`, for each key, by its masked copy: containers are copied without
+        recursion (a body nested as deep as the JSON parser allows is fine), then every string is masked."""
+        todo: list[tuple[Any, Any]] = [(container, key) for key in keys]
+        strings: list[tuple[Any, Any]] = []
+        while todo:
+            parent, key = todo.pop()
+            item = parent[key]
+            if isinstance(item, str):
+                strings.append((parent, key))
+            elif isinstance(item, dict):
+                parent[key] = copied_dict = dict(item)
+                todo += [(copied_dict, k) for k in copied_dict]
+            elif isinstance(item, list):
+                parent[key] = copied_list = list(item)
+                todo += [(copied_list, i) for i in range(len(copied_list))]
+            await self._work(1)
+        for parent, key in reversed(strings):
+            if key == "arguments" and isinstance(parent, dict):
+                parent[key] = await self.arguments(parent[key])
+            else:
+                parent[key] = await self.text(parent[key])
 
-    async def field(self, key: str, value: Any) -> Any:
-        if key == "arguments" and isinstance(value, str):
-            return await self.arguments(value)
-        return await self.value(value)
+    async def _work(self, chars: int) -> None:
+        """Count work done; past SLICE_CHARS (characters masked, or containers and values walked) since the
+        last pause, let the event loop run."""
+        self._since_pause += chars
+        if self._since_pause >= SLICE_CHARS:
+            self._since_pause = 0
+            await asyncio.sleep(0)
 
     async def text(self, value: str) -> str:
         masked = await self.redactor.atext(value)
         if masked != value:
             self.masked += 1
-        self._since_pause += len(value)
-        if self._since_pause >= SLICE_CHARS:
-            self._since_pause = 0
-            await asyncio.sleep(0)
+        await self._work(len(value))
         return masked
 
     async def arguments(self, value: str) -> str:

@@ -422,6 +422,18 @@ def test_configured_patterns_reach_nested_values(redactor):
     assert count == 1
 
 
+def test_a_body_nested_as_deep_as_the_json_parser_allows_is_masked(redactor):
+    depth = 800
+    nested = json.loads('{"a": ' * depth + '"jane@example.com"' + "}" * depth)
+
+    masked, count = run(redactor.mask_request({"model": "m", "metadata": nested}))
+
+    leaf = masked["metadata"]
+    for _ in range(depth - 1):
+        leaf = leaf["a"]
+    assert leaf == {"a": "[EMAIL]"} and count == 1
+
+
 def test_masking_switched_off_leaves_everything_and_counts_nothing():
     off = Redactor(PiiSettings(enabled=False))
     body = chat_body()
@@ -501,3 +513,12 @@ def test_a_long_arguments_string_is_masked_in_pieces_too(redactor):
 
     assert json.loads(masked["arguments"])["notes"] == "reach [EMAIL] or [PHONE]. " * 30_000
     assert count == 1 and turns >= len(arguments) // redact.SLICE_CHARS - 1
+
+
+def test_a_large_structure_without_strings_also_lets_the_loop_run(redactor):
+    body = {"model": "m", "metadata": {"samples": [[i, i * 0.5, None, True] for i in range(50_000)]}}
+
+    (masked, count), turns = loop_turns_while(redactor.mask_request(body))
+
+    assert masked == body and count == 0
+    assert turns >= 250_000 // redact.SLICE_CHARS - 1
