@@ -4,6 +4,9 @@ The request path only ever calls `ShadowDispatcher.consider` (a cheap decision) 
 `put_nowait` on a bounded queue). A fixed pool of workers calls the candidate; a full queue drops the
 shadow and counts it. The pair record is assembled when both sides are done and handed to the pair
 handlers (the sink, and in-process scoring in the embedded mode).
+
+The candidate is asked for `candidate.model`, or, when config names none, for the one model its
+`/models` lists (`ModelDiscovery`); until that is known, sampled requests are not mirrored.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import httpx
 
 from shadowtap.config import Settings
+from shadowtap.errors import ConfigError, ShadowtapError
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.logs import ThrottledLog
 from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, length_bucket
@@ -38,6 +42,15 @@ MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 # At shutdown, records whose answers are both in get this long to be masked and handed on.
 RECORDING_GRACE_S = 2.0
 PairHandler = Callable[[PairRecord], None]
+# Discovering the candidate's model: start-up waits this long for the first answer, then goes on while
+# the asking continues in the background; one attempt is bounded by DISCOVERY_TIMEOUT_S (and never
+# outlasts candidate.timeout_s); attempts that fail are retried after a delay that doubles up to a cap.
+DISCOVERY_STARTUP_WAIT_S = 2.0
+DISCOVERY_TIMEOUT_S = 10.0
+DISCOVERY_BACKOFF_S = 0.5
+DISCOVERY_BACKOFF_MAX_S = 30.0
+MODELS_MAX_BYTES = 1 << 20  # a model list longer than this is not one to choose from
+MODELS_LISTED_MAX = 20  # an error names at most this many of the models listed
 
 
 @dataclass(slots=True, eq=False)
@@ -104,6 +117,21 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def _request_body(route: str, raw_body: bytes) -> dict[str, Any] | str:
+    """The request body to mirror, or why there is none (`unparseable`, `invalid_request`)."""
+    try:
+        body = json.loads(raw_body)
+    except (ValueError, RecursionError):
+        return "unparseable"
+    if not isinstance(body, dict):
+        return "unparseable"
+    if route == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
+        return "invalid_request"
+    if route == "/v1/completions" and "prompt" not in body:
+        return "invalid_request"
+    return body
+
+
 def _answer_began(
     response: UpstreamResponse, job: ShadowJob, result: SideResult, assembler: SideAssembler
 ) -> None:
@@ -121,6 +149,169 @@ def _answer_ended(job: ShadowJob, result: SideResult, assembler: SideAssembler) 
     assembler.finish(result, time.perf_counter(), job.route)
     if job.stream and not assembler.streaming and result.error is None and result.status == 200:
         result.fail("invalid_response", "asked to stream but the candidate did not answer with SSE")
+
+
+class _Unanswered(ShadowtapError):
+    """The candidate's `/models` gave no model list; `kind` (a small fixed set) says how, for the log."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _model_ids(status: int, content: bytes) -> list[str]:
+    """The model ids a `/models` answer lists (`{"object": "list", "data": [{"id": ...}, ...]}`, as
+    OpenAI and vLLM answer), in order, each once; `_Unanswered` when it is no such list."""
+    if status != 200:
+        raise _Unanswered(f"http_{status}", f"answered HTTP {status}")
+    try:
+        listing = json.loads(content)
+    except (ValueError, RecursionError):
+        raise _Unanswered("not_json", "answered with something other than JSON") from None
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        raise _Unanswered("not_a_list", 'answered JSON without a "data" list of models')
+    ids: list[str] = []
+    for entry in data:
+        model = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(model, str) or not model:
+            raise _Unanswered("not_a_list", 'answered a "data" list with an entry that has no model "id"')
+        ids.append(model)
+    return list(dict.fromkeys(ids))
+
+
+def _not_one_model(url: str, ids: list[str]) -> str:
+    """Why the candidate's model cannot be chosen from its list, phrased as the config error it is."""
+    if not ids:
+        found = "lists no models"
+    else:
+        shown = ", ".join(ids[:MODELS_LISTED_MAX])
+        more = f" and {len(ids) - MODELS_LISTED_MAX} more" if len(ids) > MODELS_LISTED_MAX else ""
+        found = f"lists {len(ids)} models ({shown}{more})"
+    return (
+        f"candidate.model: not set, and the candidate's {url} {found}; "
+        "name the one to mirror to with --candidate-model NAME or candidate.model"
+    )
+
+
+class ModelDiscovery:
+    """The candidate's one served model, from its `/models`, for when config names none (DESIGN.md).
+
+    At start-up one answer is waited for (briefly): one model is the answer; several, or none, is a
+    start-up error naming `candidate.model`. A candidate that does not answer (down, slow, an error, not
+    JSON) does not hold the proxy back: it is asked again in the background, with backoff, until it
+    answers with one model. `on_found` gets the model; each kind of failure is logged once in a row.
+    """
+
+    def __init__(
+        self,
+        candidate: Upstream,
+        headers: list[tuple[bytes, bytes]],
+        timeout_s: float,
+        on_found: Callable[[str], None],
+    ) -> None:
+        self.candidate = candidate
+        self.url = candidate.url_for("/v1/models")
+        # Asked once (or until it answers): no connection is kept in the pool for it, none is left open
+        # when start-up fails on the answer.
+        self.headers = [*headers, (b"connection", b"close")]
+        self.timeout_s = min(timeout_s, DISCOVERY_TIMEOUT_S)
+        self.on_found = on_found
+        self._last_failure: str | None = None
+        self._retrying: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Ask once, waiting up to DISCOVERY_STARTUP_WAIT_S; `ConfigError` when the candidate lists several
+        models or none. Unanswered by then, the asking goes on in the background."""
+        first = asyncio.create_task(self.ask(), name="candidate-model-discovery")
+        try:
+            done, _ = await asyncio.wait({first}, timeout=DISCOVERY_STARTUP_WAIT_S)
+        except asyncio.CancelledError:
+            first.cancel()
+            raise
+        if first in done and not isinstance(first.exception(), _Unanswered):
+            ids = first.result()
+            if len(ids) != 1:
+                raise ConfigError(_not_one_model(self.url, ids))
+            self._found(ids[0])
+            return
+        self._retrying = asyncio.create_task(self._keep_asking(first), name="candidate-model-discovery")
+
+    async def aclose(self) -> None:
+        self._closed = (
+            True  # the cancel alone can be lost: asyncio.wait_for (3.11) drops one that races a result
+        )
+        if self._retrying is not None:
+            self._retrying.cancel()
+            await asyncio.gather(self._retrying, return_exceptions=True)
+
+    async def ask(self) -> list[str]:
+        """The model ids the candidate's `/models` lists; `_Unanswered` when it gives no such list."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.candidate.send("GET", "/v1/models", self.headers, b"")
+                try:
+                    content = await _read_at_most(response, MODELS_MAX_BYTES)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise _Unanswered("timeout", f"gave no answer within {self.timeout_s:g}s") from None
+        except httpx.ConnectError as exc:
+            raise _Unanswered("connect", f"could not be reached ({exc})") from None
+        except httpx.HTTPError as exc:
+            raise _Unanswered("transport", f"failed ({type(exc).__name__}: {exc})") from None
+        if content is None:
+            raise _Unanswered("too_large", f"answered more than {MODELS_MAX_BYTES} bytes")
+        return _model_ids(response.status, content)
+
+    async def _keep_asking(self, attempt: Awaitable[list[str]]) -> None:
+        delay = DISCOVERY_BACKOFF_S
+        while True:
+            try:
+                ids = await attempt
+            except _Unanswered as exc:
+                self._failed(exc.kind, f"the candidate's {self.url} {exc}")
+            except Exception:  # a fault here must not end the asking, and is logged, never swallowed
+                log.exception("asking the candidate's %s for its model failed", self.url)
+            else:
+                if len(ids) == 1:
+                    self._found(ids[0])
+                    return
+                self._failed("several" if ids else "none", _not_one_model(self.url, ids))
+            if self._closed:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DISCOVERY_BACKOFF_MAX_S)
+            attempt = self.ask()
+
+    def _found(self, model: str) -> None:
+        log.info("candidate model: %s (discovered from %s)", model, self.url)
+        self.on_found(model)
+
+    def _failed(self, kind: str, detail: str) -> None:
+        """Log a failed attempt: at warning level when it differs in kind from the one before, else debug."""
+        level = logging.DEBUG if kind == self._last_failure else logging.WARNING
+        self._last_failure = kind
+        log.log(
+            level,
+            "candidate model unknown: %s; sampled requests are not mirrored until it is known "
+            '(shadow_skipped_total{reason="candidate_model_unknown"}); asking again, backing off to every %gs',
+            detail,
+            DISCOVERY_BACKOFF_MAX_S,
+        )
+
+
+async def _read_at_most(response: UpstreamResponse, limit: int) -> bytes | None:
+    """The response's whole body, or None once it passes `limit` bytes (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ShadowDispatcher:
@@ -150,10 +341,18 @@ class ShadowDispatcher:
         self._closing = False
         # The candidate sees only what config gives it: never the client's headers or credentials.
         candidate_headers = {k.lower(): v for k, v in settings.candidate.headers.items()}
-        candidate_headers["content-type"] = "application/json"
         if settings.candidate.api_key:
             candidate_headers["authorization"] = f"Bearer {settings.candidate.api_key}"
+        own_headers = [(k.encode("latin-1"), v.encode()) for k, v in candidate_headers.items()]
+        candidate_headers["content-type"] = "application/json"
         self._candidate_headers = [(k.encode("latin-1"), v.encode()) for k, v in candidate_headers.items()]
+        # The name the candidate is asked for; None while it is being discovered (nothing is mirrored).
+        self.model: str | None = settings.candidate.model
+        self.discovery = (
+            None
+            if self.model
+            else ModelDiscovery(candidate, own_headers, settings.candidate.timeout_s, self._use_model)
+        )
         metrics.shadow_queued.set_function(self.queue.qsize)
         metrics.shadow_in_flight.set_function(lambda: self.in_flight)
 
@@ -174,22 +373,15 @@ class ShadowDispatcher:
         if not _is_json(_header(headers, b"content-type")):
             m.shadow_skipped.labels(route=route, reason="content_type").inc()
             return None
-        try:
-            body = json.loads(raw_body)
-        except (ValueError, RecursionError):
-            m.shadow_skipped.labels(route=route, reason="unparseable").inc()
-            return None
-        if not isinstance(body, dict):
-            m.shadow_skipped.labels(route=route, reason="unparseable").inc()
-            return None
-        if route == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
-            m.shadow_skipped.labels(route=route, reason="invalid_request").inc()
-            return None
-        if route == "/v1/completions" and "prompt" not in body:
-            m.shadow_skipped.labels(route=route, reason="invalid_request").inc()
+        body = _request_body(route, raw_body)
+        if isinstance(body, str):
+            m.shadow_skipped.labels(route=route, reason=body).inc()
             return None
         if not self.sampler.chosen(route, headers, body):
             m.shadow_skipped.labels(route=route, reason="not_sampled").inc()
+            return None
+        if self.model is None:  # never mirrored under the client's name, which the candidate may not serve
+            m.shadow_skipped.labels(route=route, reason="candidate_model_unknown").inc()
             return None
         m.shadow_sampled.labels(route=route).inc()
         segment = _header(headers, self.segment_header)
@@ -222,6 +414,12 @@ class ShadowDispatcher:
     # ---------------------------------------------------------------- off the request path
 
     async def start(self) -> None:
+        """Start the workers; first, with no `candidate.model`, ask the candidate for its model
+        (`ConfigError` when it lists several or none)."""
+        if self.discovery is not None:
+            await self.discovery.start()
+        else:
+            log.info("candidate model: %s (candidate.model)", self.model)
         self._workers = [
             asyncio.create_task(self._worker(), name=f"shadow-worker-{i}")
             for i in range(self.settings.shadow.concurrency)
@@ -231,6 +429,8 @@ class ShadowDispatcher:
     async def close(self, deadline_s: float) -> None:
         """Stop taking new shadows; finish queued ones within `deadline_s`, count the rest as dropped."""
         self._closing = True
+        if self.discovery is not None:
+            await self.discovery.aclose()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline_s):
                 await self.queue.join()
@@ -301,8 +501,8 @@ class ShadowDispatcher:
         `error`, counted by kind."""
         settings = self.settings.candidate
         body = dict(job.body)
-        if settings.model:
-            body["model"] = settings.model
+        if self.model is not None:  # always, for a job: none is made while the model is unknown
+            body["model"] = self.model
         result = SideResult(model=body.get("model"))
         started = time.perf_counter()
         assembler = SideAssembler(
@@ -365,6 +565,9 @@ class ShadowDispatcher:
             self.metrics.latency.labels(route=route, side="candidate").observe(result.latency_ms / 1000.0)
         if result.ttft_ms is not None:
             self.metrics.ttft.labels(route=route, side="candidate").observe(result.ttft_ms / 1000.0)
+
+    def _use_model(self, model: str) -> None:
+        self.model = model
 
     def _primary_done(self, job: ShadowJob, _primary: asyncio.Future[SideResult]) -> None:
         self._complete(job)

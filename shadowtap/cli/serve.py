@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from shadowtap.cli.common import load, nested
+from shadowtap.config import Settings
 from shadowtap.errors import ConfigError
 
 
@@ -18,7 +19,9 @@ from shadowtap.errors import ConfigError
     "--candidate", metavar="URL", help="Base URL of the candidate endpoint (e.g. vLLM's http://vllm:8000/v1)."
 )
 @click.option(
-    "--candidate-model", metavar="NAME", help="Model name sent to the candidate (default: the client's)."
+    "--candidate-model",
+    metavar="NAME",
+    help="Model name sent to the candidate (default: the one model the candidate's /models lists).",
 )
 @click.option("--port", type=int, help="Port for client traffic (default 8080).")
 @click.option("--host", help="Interface to bind (default 127.0.0.1).")
@@ -39,7 +42,11 @@ def serve(
     data_dir: str | None,
     config_file: str | None,
 ) -> None:
-    """Run the proxy in front of PRIMARY, mirroring sampled requests to CANDIDATE."""
+    """Run the proxy in front of PRIMARY, mirroring sampled requests to CANDIDATE.
+
+    Without --candidate-model, the candidate's model is the one its /models lists, asked at start-up;
+    a candidate listing several (or none) is an error. One not answering yet does not stop the proxy:
+    sampled requests are not mirrored until it answers."""
     settings = load(
         config_file,
         nested(
@@ -70,10 +77,19 @@ def serve(
     )
     click.echo(
         f"shadowtap proxy on http://{settings.server.host}:{settings.server.port}/v1 -> primary {settings.primary.url}; "
-        f"mirroring to {settings.candidate.url or '(none)'}; pairs -> {where}",
+        f"mirroring to {_mirroring(settings)}; pairs -> {where}",
         err=True,
     )
     try:
         run(settings)
-    except ConfigError as exc:  # a scorer's settings, checked as the scorers are built
+    except ConfigError as exc:  # a scorer's settings, or a candidate model that cannot be chosen
         raise click.ClickException(str(exc)) from None
+
+
+def _mirroring(settings: Settings) -> str:
+    candidate = settings.candidate
+    if candidate.url is None:
+        return "(none)"
+    if candidate.model:
+        return f"{candidate.url} as model {candidate.model}"
+    return f"{candidate.url} (model: the one its /models lists)"

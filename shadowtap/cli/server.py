@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
+import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from shadowtap.config import Settings
+from shadowtap.errors import ConfigError
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.app import create_app
 from shadowtap.proxy.sinks import JsonlSink, Sink
@@ -94,16 +97,45 @@ def raise_file_limit(needed: int) -> int:
     return soft
 
 
+class StartupErrors:
+    """The app as uvicorn runs it for `shadowtap serve`: a configuration error found as the app starts (a
+    candidate listing several models and no `candidate.model`) is kept in `error`, for the command to
+    report as it reports any config error, instead of uvicorn logging its traceback. Requests pass
+    straight through."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.error: ConfigError | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, partial(self._send, send))
+
+    async def _send(self, send: Any, message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            error = sys.exc_info()[1]  # the app sends this while it handles the start-up's exception
+            if isinstance(error, ConfigError):
+                self.error = error
+                message = {**message, "message": ""}
+        await send(message)
+
+
 def serve(settings: Settings) -> None:
-    """Run the proxy until SIGINT/SIGTERM; uvicorn drains in-flight requests, then the shadows and sink."""
+    """Run the proxy until SIGINT/SIGTERM; uvicorn drains in-flight requests, then the shadows and sink.
+
+    A configuration problem found as the app starts (the candidate's model cannot be chosen) is raised as
+    the `ConfigError` it is, not as uvicorn's exit."""
     app, metrics, _ = build(settings)
     raise_file_limit(file_limit_for(settings))
     if settings.server.metrics_port is not None:
         host = settings.server.metrics_host or settings.server.host
         start_http_server(settings.server.metrics_port, addr=host, registry=metrics.registry)
         log.info("metrics on http://%s:%d/metrics", host, settings.server.metrics_port)
+    guarded = StartupErrors(app)
     config = uvicorn.Config(
-        app,
+        guarded,
         host=settings.server.host,
         port=settings.server.port,
         log_level="info",
@@ -115,4 +147,9 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         **app.server_options,  # the proxy's protocol and the uvicorn settings its limits need
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit:  # uvicorn's own exit when start-up failed
+        if guarded.error is not None:
+            raise guarded.error from None
+        raise
