@@ -8,6 +8,7 @@ nobody constrained do not inflate the pass rate.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import re
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of
+from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 
 __all__ = ["FormatConfig", "FormatRule", "FormatScorer"]
@@ -254,6 +255,20 @@ class FormatScorer:
             text = side_text(pair, side)
             if text is not None and not _answered_with_tool_calls(pair, side, text):
                 scores.append(self.check(text, expect, side))
+            scores.extend(self._later_choices(pair, side, expect))
+        return scores
+
+    def _later_choices(self, pair: PairRecord, side: SideName, expect: _Expectation) -> list[Score]:
+        """Choices 1.. of an answer with several (`n`, a prompt array), each held to the same format."""
+        part = side_of(pair, side)
+        if part.get("error") is not None:
+            return []
+        scores = []
+        for output in side_outputs(part)[1:]:
+            text = output.get("text")
+            if isinstance(text, str) and not (output.get("tool_calls") and not text.strip()):
+                score = self.check(text, expect, side)
+                scores.append(dataclasses.replace(score, choice=int(output.get("index") or 0)))
         return scores
 
     def reasons_for_review(self, scores: list[Score]) -> list[str]:

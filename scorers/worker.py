@@ -86,7 +86,8 @@ def parse_pair(raw: bytes | str) -> tuple[PairRecord | None, str | None]:
         validate_pair(pair)
     except jsonschema.ValidationError as exc:
         path = "/".join(str(p) for p in exc.absolute_path) or "(record)"
-        return None, f"not a shadowtap.pair/v1 record at {path}: {exc.message}"
+        version = pair.get("schema") if isinstance(pair, dict) else None
+        return None, f"not a valid {version or 'pair'} record at {path}: {exc.message}"
     return pair, None
 
 

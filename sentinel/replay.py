@@ -18,7 +18,7 @@ from typing import Any, TypedDict, cast
 import httpx
 
 from shadowtap.proxy.record import SideAssembler, SideResult
-from shadowtap.records import PAIR_SCHEMA, PairRecord, utc_now_rfc3339
+from shadowtap.records import PAIR_SCHEMA, PairRecord, api_of_route, utc_now_rfc3339
 from shadowtap.scorers.pacing import retry_after_s, retry_delay_s
 from shadowtap.sentinel.sets import SetRow
 from shadowtap.sentinel.settings import SentinelConfig
@@ -137,9 +137,11 @@ def sentinel_pair(row: SetRow, body: dict[str, Any], answer: SideResult, set_ver
         "id": row["id"],
         "ts": utc_now_rfc3339(),
         "route": row["route"],
+        "api": api_of_route(row["route"]),
         "stream": False,
         "request": body,
         "tags": dict(row.get("tags") or {}),
+        "masked": {"request": 0, "primary": 0, "candidate": 0},
         "primary": reference.to_dict(),
         "candidate": answer.to_dict(),
         "sentinel": {

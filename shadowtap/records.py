@@ -111,6 +111,7 @@ class ScoreRecord(TypedDict):
     detail: dict[str, Any]
     tags: dict[str, str]
     ts: str
+    choice: NotRequired[int]  # the output index the verdict is on, when not 0
 
 
 class ReviewItem(TypedDict):
@@ -209,9 +210,10 @@ class Score:
     outcome: str
     value: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    choice: int = 0  # the output (choice) index the verdict is on
 
     def to_record(self, pair: PairRecord) -> ScoreRecord:
-        return {
+        record: ScoreRecord = {
             "schema": SCORE_SCHEMA,
             "pair_id": pair["id"],
             "scorer": self.scorer,
@@ -222,11 +224,17 @@ class Score:
             "tags": dict(pair.get("tags") or {}),
             "ts": utc_now_rfc3339(),
         }
+        if self.choice:
+            record["choice"] = self.choice
+        return record
 
 
 def score_key(record: ScoreRecord) -> str:
-    """The identity of a score record: a re-delivered pair yields the same keys, so nothing double-counts."""
-    return f"{record['pair_id']}/{record['scorer']}/{record['side']}"
+    """The identity of a score record: a re-delivered pair yields the same keys, so nothing double-counts.
+    A verdict on choice k > 0 has its own key."""
+    key = f"{record['pair_id']}/{record['scorer']}/{record['side']}"
+    choice = record.get("choice")
+    return f"{key}/{choice}" if choice else key
 
 
 def jsonl_lines(handle: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

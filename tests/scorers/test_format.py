@@ -297,3 +297,19 @@ async def test_an_answer_that_calls_a_tool_is_not_failed_for_lacking_json_text()
 
     assert "primary" not in scores
     assert scores["candidate"].outcome == "pass"
+
+
+async def test_every_choice_is_held_to_the_format_and_later_ones_name_their_choice():
+    from shadowtap.testing.pairs import make_output, make_side
+
+    outputs = [
+        make_output('{"order_id": "A1"}'),
+        make_output("not json", index=1),
+        make_output("{}", index=2),
+    ]
+    pair = make_pair(request={**JSON_OBJECT, "n": 3}, candidate=make_side(None, outputs=outputs))
+    scores = await FormatScorer().score(pair)
+    candidate = {s.choice: s.outcome for s in scores if s.side == "candidate"}
+
+    assert candidate == {0: "pass", 1: "fail", 2: "pass"}
+    assert [s.to_record(pair).get("choice") for s in scores if s.side == "candidate"] == [None, 1, 2]
