@@ -239,9 +239,8 @@ class ModelDiscovery:
         self._retrying = asyncio.create_task(self._keep_asking(first), name="candidate-model-discovery")
 
     async def aclose(self) -> None:
-        self._closed = (
-            True  # the cancel alone can be lost: asyncio.wait_for (3.11) drops one that races a result
-        )
+        # The cancel alone can be lost: Python 3.11's asyncio.wait_for drops one that races a result.
+        self._closed = True
         if self._retrying is not None:
             self._retrying.cancel()
             await asyncio.gather(self._retrying, return_exceptions=True)
