@@ -103,7 +103,12 @@ def logged_primary() -> Iterator[tuple[str, BodyLog]]:
 
 @pytest.fixture
 def guarded(proxy_factory, logged_primary, candidate):
-    return proxy_factory(logged_primary[0], candidate.base_url, shadow={"max_body_bytes": MAX_BODY})
+    return proxy_factory(
+        logged_primary[0],
+        candidate.base_url,
+        shadow={"max_body_bytes": MAX_BODY},
+        candidate={"model": "candidate-model"},
+    )
 
 
 CASES = {

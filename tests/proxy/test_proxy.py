@@ -323,7 +323,8 @@ def test_slow_candidate_does_not_hold_up_the_user(proxy, primary, candidate):
 
 
 def test_dead_candidate_is_counted_and_recorded_but_the_user_is_served(proxy_factory, primary):
-    proxy = proxy_factory(primary.base_url, "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    # Nothing listens on port 9; the model is named, so shadows are sent (and fail), not skipped.
+    proxy = proxy_factory(primary.base_url, "http://127.0.0.1:9/v1", candidate={"model": "candidate-model"})
 
     answer = client_for(proxy).chat.completions.create(model="m", messages=CHAT)
 
@@ -480,7 +481,10 @@ def test_text_completions_are_mirrored_too(proxy, primary, candidate):
 
 def test_sampling_by_user_is_deterministic(proxy_factory, primary, candidate):
     proxy = proxy_factory(
-        primary.base_url, candidate.base_url, shadow={"sample_rate": 0.5, "sample_key": "body:user"}
+        primary.base_url,
+        candidate.base_url,
+        shadow={"sample_rate": 0.5, "sample_key": "body:user"},
+        candidate={"model": "candidate-model"},
     )
     client = client_for(proxy)
     users = [f"user-{i}" for i in range(30)]
@@ -523,7 +527,12 @@ def test_segment_length_bucket_and_pii_masking_in_the_record(proxy_factory, prim
 
 
 def test_unparseable_and_oversized_bodies_are_served_but_not_mirrored(proxy_factory, primary, candidate):
-    proxy = proxy_factory(primary.base_url, candidate.base_url, shadow={"max_body_bytes": 2000})
+    proxy = proxy_factory(
+        primary.base_url,
+        candidate.base_url,
+        shadow={"max_body_bytes": 2000},
+        candidate={"model": "candidate-model"},
+    )
 
     bad = httpx.post(
         proxy.base_url + "/chat/completions",

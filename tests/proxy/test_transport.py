@@ -805,7 +805,7 @@ def test_a_candidate_answer_past_the_record_cap_is_cut_off_and_recorded_as_trunc
         primary.base_url,
         candidate.url + "/v1",
         shadow={"max_record_bytes": 4096},
-        candidate={"timeout_s": 30},
+        candidate={"timeout_s": 30, "model": "candidate-model"},
     )
 
     answer = httpx.post(proxy.base_url + "/chat/completions", json={"model": "m", "messages": CHAT})
