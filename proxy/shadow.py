@@ -38,7 +38,7 @@ from shadowtap.request_text import input_chars
 
 log = logging.getLogger("shadowtap.shadow")
 
-MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 # At shutdown, records whose answers are both in get this long to be masked and handed on.
 RECORDING_GRACE_S = 2.0
 PairHandler = Callable[[PairRecord], None]
@@ -129,7 +129,24 @@ def _request_body(route: str, raw_body: bytes) -> dict[str, Any] | str:
         return "invalid_request"
     if route == "/v1/completions" and "prompt" not in body:
         return "invalid_request"
+    if route == "/v1/responses":
+        return _responses_skip_reason(body) or body
     return body
+
+
+def _responses_skip_reason(body: dict[str, Any]) -> str | None:
+    """Why a Responses API request cannot be mirrored, if it cannot: it needs `input`, and it must not
+    depend on state only the primary holds (an earlier response, a conversation) or run in the
+    background (its answer is fetched later, from the primary)."""
+    if "input" not in body:
+        return "invalid_request"
+    if body.get("previous_response_id"):
+        return "previous_response"
+    if body.get("conversation"):
+        return "conversation"
+    if body.get("background") is True:
+        return "background"
+    return None
 
 
 def _answer_began(
@@ -502,6 +519,8 @@ class ShadowDispatcher:
         body = dict(job.body)
         if self.model is not None:  # always, for a job: none is made while the model is unknown
             body["model"] = self.model
+        if job.route == "/v1/responses":
+            body["store"] = False  # the candidate's answers are for the record, never for later requests
         result = SideResult(model=body.get("model"))
         started = time.perf_counter()
         assembler = SideAssembler(
@@ -600,6 +619,21 @@ class ShadowDispatcher:
                 self.pending.discard(job)
                 self._to_record.task_done()
 
+    async def _mask_side(self, side: SideResult) -> int:
+        """Mask every string a side's answer holds (each choice's text, tool-call arguments inside their
+        JSON, refusal and reasoning) and its error message; how many values were masked."""
+        count = 0
+        if side.outputs:
+            side.outputs, count = await self.redactor.mask_value(side.outputs)
+            side.text = side.outputs[0]["text"]
+        elif side.text:
+            side.text, count = await self.redactor.mask_value(side.text)
+        if side.error is not None:
+            message, changed = self.redactor.mask_text(side.error["message"])
+            side.error = {"kind": side.error["kind"], "message": message}
+            count += changed
+        return count
+
     async def _build_and_hand_on(self, job: ShadowJob) -> None:
         """Mask and build the record (a long text is masked a piece at a time, the loop serving other
         requests in between), then hand it to every handler."""
@@ -608,20 +642,23 @@ class ShadowDispatcher:
             self.metrics.shadow_skipped.labels(route=job.route, reason="primary_error").inc()
             return
         candidate = job.candidate or SideResult().fail("missing", "no candidate result")
+        masked = {"primary": 0, "candidate": 0}
         for name, side in (("primary", primary), ("candidate", candidate)):
-            if side.text:
-                side.text = await self.redactor.atext(side.text)
+            masked[name] = await self._mask_side(side)
             if side.truncated:
                 self.metrics.records_truncated.labels(side=name).inc()
+        request, masked["request"] = await self.redactor.mask_request(job.body)
+        tags = {key: self.redactor.mask_text(value)[0] for key, value in job.tags.items()}
         record = build_pair(
             pair_id=job.pair_id,
             ts=rfc3339(job.received_at),
             route=job.route,
             stream=job.stream,
-            request=await self.redactor.redact_request(job.body),
-            tags=job.tags,
+            request=request,
+            tags=tags,
             primary=primary,
             candidate=candidate,
+            masked=masked,
         )
         self.metrics.pairs.labels(route=job.route).inc()
         for handler in self.handlers:

@@ -146,7 +146,9 @@ class Metrics:
         )
         self.shadow_skipped = Counter(
             "shadowtap_shadow_skipped_total",
-            "Mirrorable requests not mirrored, by reason (not_sampled, too_large, unparseable, primary_error, ...).",
+            "Mirrorable requests not mirrored, by reason (not_sampled, too_large, content_type, unparseable, "
+            "invalid_request, candidate_model_unknown, previous_response, conversation, background, "
+            "primary_error, shutdown).",
             ["route", "reason"],
             registry=r,
         )
