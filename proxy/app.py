@@ -346,10 +346,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         proxy = Proxy(settings, metrics, handlers)
         app.state.proxy = proxy
-        for fn in on_startup or []:
-            await _maybe_await(fn())
-        await proxy.start()
         try:
+            for fn in on_startup or []:
+                await _maybe_await(fn())
+            await proxy.start()  # a start-up error (say, the candidate's model) still closes what started
             yield
         finally:
             await proxy.close()

@@ -167,7 +167,7 @@ class Metrics:
         self.candidate_errors = Counter(
             "shadowtap_candidate_errors_total",
             "Candidate calls that failed, by kind (connect, timeout, http_4xx, http_429, http_5xx, "
-            "invalid_response, truncated_stream, disconnected).",
+            "invalid_response, truncated_stream, stream_error, response_failed, disconnected, transport).",
             ["route", "kind"],
             registry=r,
         )
