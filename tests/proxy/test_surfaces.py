@@ -174,6 +174,10 @@ def test_the_responses_api_is_mirrored_with_store_off_and_recorded(proxy, primar
     assert pair["primary"]["response_id"].startswith("resp_")
     [sent] = [r for r in candidate.sim.received if r.path == "/v1/responses"]
     assert sent.json["store"] is False and sent.json["model"] == "candidate-model"
+    scores = scores_of(proxy, pair["id"], 4)
+    assert scores[("refusal", "primary")]["outcome"] == "answered"
+    assert scores[("refusal", "pair")]["outcome"] == "neither"
+    assert scores[("latency", "pair")]["outcome"] in {"candidate_faster", "candidate_slower", "same"}
 
 
 @pytest.mark.parametrize(
