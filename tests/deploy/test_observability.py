@@ -57,7 +57,7 @@ needs_tools = pytest.mark.skipif(
     reason="Prometheus/Alertmanager not installed: run `bash deploy/observability.sh install`",
 )
 
-SEGMENTS = ["billing", "troubleshooting", "extraction"]
+SEGMENTS = ["billing", "troubleshooting", "extraction", "orders"]
 REFUSAL = "I'm sorry, but I can't help with that."
 
 # Panels whose series come from parts that do not run in this test: the sentinel (weekly batch runs
@@ -105,9 +105,17 @@ GRAFANA_BUILTINS = {"__rate_interval": "2m", "__interval": "15s", "__range": "5m
 # Helpers
 
 
-def alert_rules() -> list[dict[str, Any]]:
+def all_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    return [rule for rule in all_rules() if "record" in rule]
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -165,7 +173,14 @@ def exported_metric_names() -> set[str]:
     return names
 
 
-SHADOWTAP_METRIC = re.compile(r"\bshadowtap_[a-z0-9_]+")
+# A series name that reads a shadowtap metric: an exported one, or a recorded one (level:metric:operations).
+SHADOWTAP_METRIC = re.compile(r"(?<![\w:])(?:[a-z_]+:)?shadowtap_[a-z0-9_]+(?::[a-z0-9_]+)?")
+RECORDED_NAME = re.compile(r"[a-z_]+:shadowtap_[a-z0-9_]+:[a-z0-9_]+")
+
+
+def readable_series() -> set[str]:
+    """What a rule or panel may read: the series shadowtap exports and the ones the rules record."""
+    return exported_metric_names() | {rule["record"] for rule in recording_rules()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +196,7 @@ def test_configs_and_rules_pass_promtool_amtool_and_every_rule_unit_test() -> No
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "is valid prometheus config file syntax" in output
-    assert f"SUCCESS: {len(alert_rules())} rules found" in output
+    assert f"SUCCESS: {len(all_rules())} rules found" in output
     for test_file in RULE_TESTS.glob("*.yml"):
         assert f"Unit Testing:  ./{test_file.name}\n  SUCCESS" in output, output
     assert "Checking '" in output and "SUCCESS" in output.split("== amtool check-config", 1)[1]
@@ -194,7 +209,7 @@ def test_every_alert_is_labelled_explained_guarded_and_unit_tested_both_ways() -
         for case in yaml.safe_load(test_file.read_text())["tests"]:
             for check in case.get("alert_rule_test", []):
                 (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
-    known = exported_metric_names()
+    known = readable_series()
     rules = alert_rules()
     assert len({r["alert"] for r in rules}) == len(rules), "alert names must be unique"
     for rule in rules:
@@ -216,6 +231,27 @@ def test_every_alert_is_labelled_explained_guarded_and_unit_tested_both_ways() -
             assert ">=" in expr, f"{name}: a ratio with no minimum count behind it"
         unknown = set(SHADOWTAP_METRIC.findall(expr)) - known
         assert not unknown, f"{name} reads series shadowtap does not export: {sorted(unknown)}"
+
+
+def test_every_recording_rule_is_named_for_what_it_holds_read_and_unit_tested() -> None:
+    tested: set[str] = set()
+    for test_file in RULE_TESTS.glob("*.yml"):
+        for case in yaml.safe_load(test_file.read_text())["tests"]:
+            for check in case.get("promql_expr_test", []):
+                tested |= set(RECORDED_NAME.findall(check["expr"]))
+    rules = recording_rules()
+    exported = exported_metric_names()
+    readers = [rule["expr"] for rule in alert_rules()] + [
+        target["expr"] for board in dashboards().values() for _, target in panel_queries(board)
+    ]
+    assert rules, "no recording rules"
+    for rule in rules:
+        name, expr = rule["record"], rule["expr"]
+        assert RECORDED_NAME.fullmatch(name), f"{name}: not named level:metric:operations"
+        unknown = set(SHADOWTAP_METRIC.findall(expr)) - exported
+        assert not unknown, f"{name} reads series shadowtap does not export: {sorted(unknown)}"
+        assert any(name in reader for reader in readers), f"{name}: recorded but read by no alert or panel"
+        assert name in tested, f"{name}: no promtool promql_expr_test checks what it records"
 
 
 @needs_tools
@@ -463,9 +499,46 @@ def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observab
 # The scenario: live traffic through the proxy; the candidate starts refusing billing requests
 
 
+def _order_tool(name: str, description: str, reason: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {"order_id": {"type": "integer", "minimum": 1}}
+    if reason:
+        properties["reason"] = {"type": "string", "enum": ["damaged", "late", "wrong_item", "other"]}
+    parameters = {"type": "object", "properties": properties, "required": list(properties)}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "strict": True, "parameters": parameters},
+    }
+
+
+# The tools the orders segment's requests offer; each request names the one to call (tool_choice).
+ORDER_TOOLS = [
+    _order_tool("track_order", "Where an order is.", reason=False),
+    _order_tool("refund_order", "Refund an order.", reason=True),
+    _order_tool("cancel_order", "Cancel an order that has not shipped.", reason=True),
+]
+
+
+def candidate_tool_reply(route: str, body: dict[str, Any]) -> Reply:
+    """The candidate on requests that offer tools (the primary's calls fit the schema): a refund
+    breaks the schema (a string id, a reason outside the enum), a cancellation calls a function that
+    was not offered, tracking answers in text instead of calling; the rest are the primary's calls."""
+    text = last_user_text(body).lower()
+    if "refund" in text:
+        return Reply(
+            text="", tool_calls=[("refund_order", json.dumps({"order_id": "17", "reason": "broken"}))]
+        )
+    if "cancel" in text:
+        return Reply(text="", tool_calls=[("exchange_order", json.dumps({"order_id": 99}))])
+    if "track" in text:
+        return Reply(text="Your parcel is on its way and should arrive this week.")
+    return default_policy(route, body)
+
+
 def candidate_policy(refusing_billing: bool) -> Policy:
     def policy(route: str, body: dict[str, Any]) -> Reply:
         text = last_user_text(body).lower()
+        if body.get("tools"):
+            return candidate_tool_reply(route, body)
         if "flaky" in text:
             return Reply(status=500)
         if "slow" in text:
@@ -503,33 +576,47 @@ def judge_policy(route: str, body: dict[str, Any]) -> Reply:
     return Reply(text=json.dumps({"winner": winner, "reason": "scripted"}))
 
 
-# (segment header, user message, streamed)
-TRAFFIC: list[tuple[str | None, str, bool]] = [
-    ("billing", "Where is my invoice for March?", False),
-    ("troubleshooting", "My router keeps dropping the connection.", False),
-    ("billing", "Why was my invoice charged twice?", False),
-    ("extraction", "Extract the order number from: order 12345 shipped on Monday.", False),
-    ("billing", "Can I get a copy of my invoice?", True),
-    (None, "What are your opening hours?", False),
-    ("troubleshooting", "The router shows a flaky red light.", False),
-    ("billing", "Please send the invoice to my other address.", False),
-    ("troubleshooting", "How do I reset my router?", True),
-    ("marketing", "Hello there, who am I talking to?", False),
+# (segment header, user message, streamed, the tool the request makes the model call with ORDER_TOOLS)
+TRAFFIC: list[tuple[str | None, str, bool, str | None]] = [
+    ("billing", "Where is my invoice for March?", False, None),
+    ("troubleshooting", "My router keeps dropping the connection.", False, None),
+    ("orders", "I want a refund for order 17, it arrived damaged.", False, "refund_order"),
+    ("billing", "Why was my invoice charged twice?", False, None),
+    ("extraction", "Extract the order number from: order 12345 shipped on Monday.", False, None),
+    ("orders", "Please track order 12345, it has not arrived.", False, "track_order"),
+    ("billing", "Can I get a copy of my invoice?", True, None),
+    (None, "What are your opening hours?", False, None),
+    ("orders", "Cancel order 99, I ordered the wrong size.", False, "cancel_order"),
+    ("troubleshooting", "The router shows a flaky red light.", False, None),
+    ("billing", "Please send the invoice to my other address.", False, None),
+    ("orders", "What is the status of order 555?", False, "track_order"),
+    ("troubleshooting", "How do I reset my router?", True, None),
+    ("marketing", "Hello there, who am I talking to?", False, None),
 ]
 
 
-def send(client: openai.OpenAI, n: int, segment: str | None, text: str, stream: bool) -> None:
+def send(
+    client: openai.OpenAI, n: int, segment: str | None, text: str, stream: bool, tool: str | None = None
+) -> None:
     headers = {"X-Shadow-Segment": segment} if segment else {}
     messages = [{"role": "user", "content": text}]
+    tools: dict[str, Any] = {}
+    if tool is not None:
+        tools = {"tools": ORDER_TOOLS, "tool_choice": {"type": "function", "function": {"name": tool}}}
     if stream:
         chunks = client.chat.completions.create(
-            model="primary-model", messages=messages, user=f"user-{n}", stream=True, extra_headers=headers
+            model="primary-model",
+            messages=messages,
+            user=f"user-{n}",
+            stream=True,
+            extra_headers=headers,
+            **tools,
         )
         for _ in chunks:
             pass
     else:
         client.chat.completions.create(
-            model="primary-model", messages=messages, user=f"user-{n}", extra_headers=headers
+            model="primary-model", messages=messages, user=f"user-{n}", extra_headers=headers, **tools
         )
 
 
@@ -544,11 +631,11 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
 
     def _run(self) -> None:
-        for n, (segment, text, stream) in enumerate(itertools.cycle(TRAFFIC)):
+        for n, (segment, text, stream, tool) in enumerate(itertools.cycle(TRAFFIC)):
             if self._stop.is_set():
                 return
             try:
-                send(self.client, n, segment, text, stream)
+                send(self.client, n, segment, text, stream, tool)
                 if n % len(TRAFFIC) == 0:
                     self.client.completions.create(
                         model="primary-model", prompt="Say hello.", user=f"user-{n}"
@@ -599,6 +686,7 @@ def _drive(
             "queue_size": 5000,
             "scorers": {
                 "format": {"rules": [{"route": "/v1/chat/completions", "max_words": 40}]},
+                "tools": {},
                 "refusal": {},
                 "latency": {},
                 "judge": {
@@ -733,7 +821,7 @@ def test_dashboards_are_well_formed_with_unique_ids_and_defined_variables() -> N
         "shadowtap · Sentinel",
     }
     assert len({board["uid"] for board in boards.values()}) == len(boards)
-    known = exported_metric_names()
+    known = readable_series()
     for name, board in boards.items():
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert (
