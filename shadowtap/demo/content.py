@@ -1,15 +1,26 @@
 """The scripted content of the demo's workload: what customers of a telecom ask its support assistant
-(billing, troubleshooting, order emails to extract, off-topic asks) and the answer a good model gives.
+(billing, troubleshooting, engineer visits to book with a tool, order emails to extract, off-topic asks)
+and the answer a good model gives.
 
 Every generator takes a seeded `random.Random`, so the same seed always gives the same traffic.
 """
 
 from __future__ import annotations
 
+import datetime
 import random
 from typing import Any
 
-__all__ = ["billing", "order_email", "out_of_scope", "troubleshooting"]
+__all__ = [
+    "FAULTS",
+    "SLOTS",
+    "billing",
+    "engineer_visit",
+    "order_email",
+    "out_of_scope",
+    "troubleshooting",
+    "visit_day",
+]
 
 _FIRST = (
     "Amira Ben Cohen Dana Elif Farid Grace Hiro Ines Jonas Kofi Lena Marek Nadia Omar Priya Rosa Sven "
@@ -269,6 +280,62 @@ def troubleshooting(rng: random.Random, long: bool) -> tuple[str, str]:
             "here; that clears the greeting too, so you'd record it again."
         )
     return question, answer
+
+
+# The faults an engineer visit can be booked for (the booking tool's enum), as customers put them.
+FAULTS = {
+    "no_connection": "the broadband has had no connection at all since {day}",
+    "slow_speed": "the broadband has crawled along at under 5 Mbps since {day}",
+    "dropping": "the connection has dropped every few minutes since {day}",
+    "no_dial_tone": "the landline has had no dial tone since {day}",
+    "damaged_cable": "the cable from the pole to the house came down in the wind on {day}",
+}
+# The visit slots (the tool's enum), as customers ask for them.
+SLOTS = {
+    "morning": ("in the morning", "before noon", "first thing"),
+    "afternoon": ("in the afternoon", "after lunch"),
+    "evening": ("in the evening", "after work"),
+}
+_VISIT_MONTH = (2025, 3)
+
+
+def visit_day(date: str) -> str:
+    """`Thursday 13 March` for `2025-03-13`: a visit date as a customer writes it."""
+    day = datetime.date.fromisoformat(date)
+    return f"{day:%A} {day.day} {day:%B}"
+
+
+def engineer_visit(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """A customer asking for an engineer visit, and the arguments a good model books it with."""
+    account_id = f"NW{rng.randint(10_000_000, 99_999_999)}"
+    fault = rng.choice(sorted(FAULTS))
+    slot = rng.choice(sorted(SLOTS))
+    year, month = _VISIT_MONTH
+    date = datetime.date(year, month, rng.randint(17, 28)).isoformat()
+    notify = rng.random() < 0.5
+    since = rng.choice(["Monday", "the weekend", "last night", "Friday"])
+    problem = FAULTS[fault].format(day=since)
+    when = f"{visit_day(date)}, {rng.choice(SLOTS[slot])}"
+    sms = (
+        "Please text me when the engineer is on the way." if notify else "No need to text, I'm home all day."
+    )
+    question = rng.choice(
+        [
+            f"Hi, {problem} and your line test says the fault is outside my house. Can you book an "
+            f"engineer for {when}? My account number is {account_id}. {sms}",
+            f"Account {account_id}: {problem}. I've restarted the hub twice. Please send an engineer on "
+            f"{when}. {sms}",
+            f"I need an engineer visit: {problem}. I can do {when}. Account number {account_id}. {sms}",
+        ]
+    )
+    arguments = {
+        "account_id": account_id,
+        "fault": fault,
+        "date": date,
+        "slot": slot,
+        "notify_by_sms": notify,
+    }
+    return question, arguments
 
 
 def order_email(rng: random.Random, long: bool) -> tuple[str, dict[str, Any]]:

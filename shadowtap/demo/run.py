@@ -29,6 +29,7 @@ from shadowtap.config import Settings, load_settings
 from shadowtap.demo.scripted import (
     CANDIDATE_BILLING_REFUSAL_RATE,
     CANDIDATE_SCHEMA_BREAK_RATE,
+    CANDIDATE_TOOL_BREAK_RATE,
     candidate_policy,
     judge_policy,
     primary_policy,
@@ -82,7 +83,7 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 def demo_settings(data_dir: Path, primary_url: str, candidate_url: str, judge_url: str) -> Settings:
     """The embedded default with every scorer on: format (the extraction rule and the request's own
-    schema), refusal, latency/length, and the judge pointed at the scripted judge."""
+    schema), tool calls, refusal, latency/length, and the judge pointed at the scripted judge."""
     overrides = {
         "primary": {"url": primary_url},
         "candidate": {"url": candidate_url, "model": CANDIDATE_MODEL},
@@ -94,6 +95,7 @@ def demo_settings(data_dir: Path, primary_url: str, candidate_url: str, judge_ur
             "queue_size": 5000,
             "scorers": {
                 "format": {"rules": [{"segment": "extraction", "json": True, "schema": ORDER_SCHEMA}]},
+                "tools": {},
                 "refusal": {},
                 "latency": {},
                 "judge": {
@@ -127,6 +129,8 @@ def send(client: openai.OpenAI, item: WorkItem) -> str:
     extra: dict[str, Any] = {}
     if item.response_format is not None:
         extra["response_format"] = item.response_format
+    if item.tools:
+        extra["tools"] = list(item.tools)
     common: dict[str, Any] = {
         "model": PRIMARY_MODEL,
         "messages": list(item.messages),
@@ -184,7 +188,8 @@ def _banner(console: Console, options: DemoOptions, urls: dict[str, str], proxy:
         sim,
         f"{urls['candidate']}  a scripted model with planted differences: refuses "
         f"{CANDIDATE_BILLING_REFUSAL_RATE:.0%} of billing requests, breaks the JSON schema on "
-        f"{CANDIDATE_SCHEMA_BREAK_RATE:.0%} of extraction requests, slower to first token, wordier",
+        f"{CANDIDATE_SCHEMA_BREAK_RATE:.0%} of extraction requests and the booking tool's schema on "
+        f"{CANDIDATE_TOOL_BREAK_RATE:.0%} of bookings, slower to first token, wordier",
     )
     table.add_row("judge", sim, f"{urls['judge']}  a scripted stand-in for an LLM judge")
     table.add_row(
@@ -197,8 +202,8 @@ def _banner(console: Console, options: DemoOptions, urls: dict[str, str], proxy:
     )
     console.print(table)
     console.print(
-        f"Replaying {options.requests} requests (billing, troubleshooting, extraction to JSON, "
-        f"out-of-scope; short and long inputs; some streamed) with {options.concurrency} concurrent "
+        f"Replaying {options.requests} requests (billing, troubleshooting, engineer bookings with a tool, "
+        f"extraction to JSON, out-of-scope; short and long inputs; some streamed) with {options.concurrency} concurrent "
         "clients through the OpenAI SDK.\n"
     )
 

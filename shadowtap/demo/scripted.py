@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 
+from shadowtap.demo.content import visit_day
 from shadowtap.demo.workload import WorkItem
 from shadowtap.request_text import last_user_text
 from shadowtap.testing import Policy, Reply, default_policy
@@ -20,6 +21,7 @@ from shadowtap.testing import Policy, Reply, default_policy
 __all__ = [
     "CANDIDATE_BILLING_REFUSAL_RATE",
     "CANDIDATE_SCHEMA_BREAK_RATE",
+    "CANDIDATE_TOOL_BREAK_RATE",
     "candidate_policy",
     "judge_policy",
     "judge_verdict",
@@ -30,6 +32,7 @@ __all__ = [
 # request text, so that every run with the same seed plants the same faults).
 CANDIDATE_BILLING_REFUSAL_RATE = 0.30
 CANDIDATE_SCHEMA_BREAK_RATE = 0.25
+CANDIDATE_TOOL_BREAK_RATE = 0.30
 
 
 def _fraction(seed: int, text: str, purpose: str) -> float:
@@ -93,8 +96,35 @@ def _broken_extraction(facts: dict[str, Any], pick: float) -> str:
     return json.dumps(doc, indent=2)
 
 
+# How a customer says a slot, where the booking tool wants its enum.
+_SLOT_WORDS = {"morning": "am", "afternoon": "pm", "evening": "after 6pm"}
+
+
+def _broken_booking(name: str, facts: dict[str, Any], pick: float) -> tuple[str, str]:
+    """The candidate's planted tool-call breaks, (function, arguments): what a model whose server does
+    not hold it to the tool's strict schema sends."""
+    doc = dict(facts)
+    if pick < 0.35:
+        doc["slot"] = _SLOT_WORDS[doc["slot"]]
+    elif pick < 0.6:
+        doc["notify_by_sms"] = "yes" if doc["notify_by_sms"] else "no"
+    elif pick < 0.75:
+        doc["date"] = visit_day(doc["date"])
+    elif pick < 0.85:
+        doc["notes"] = "Customer would like a call half an hour before the visit."
+    elif pick < 0.93:
+        return name, str(doc)  # a Python dict, not JSON
+    else:
+        return name.removesuffix("_visit"), json.dumps(doc)  # a function that was not offered
+    return name, json.dumps(doc)
+
+
+def _tool_name(item: WorkItem) -> str:
+    return str(item.tools[0]["function"]["name"])
+
+
 def primary_policy(items: list[WorkItem], seed: int) -> Policy:
-    """The production model: answers every request well, quickly."""
+    """The production model: answers every request well, quickly; calls the tool a request offers."""
     index = _index(items)
 
     def policy(route: str, body: dict[str, Any]) -> Reply:
@@ -102,6 +132,9 @@ def primary_policy(items: list[WorkItem], seed: int) -> Policy:
         if item is None:
             return default_policy(route, body)
         r = _fraction(seed, item.question, "primary-speed")
+        if item.tools:
+            call = (_tool_name(item), item.answer)
+            return Reply(text="", tool_calls=[call], ttft_s=0.08 + 0.12 * r, token_delay_s=0.004)
         return Reply(text=item.answer, ttft_s=0.08 + 0.12 * r, token_delay_s=0.004)
 
     return policy
@@ -118,11 +151,28 @@ def _out_of_scope_decline(facts: dict[str, Any]) -> str:
     )
 
 
+def _spread(questions: frozenset[str], seed: int, purpose: str) -> dict[str, float]:
+    """A number in (0, 1) for each question, evenly spaced in an order chosen by hash: picking a kind
+    of fault by it plants every kind in its share, however few the questions."""
+    ordered = sorted(questions, key=lambda q: _fraction(seed, q, purpose))
+    return {q: (rank + 0.5) / len(ordered) for rank, q in enumerate(ordered)}
+
+
+def _candidate_call(item: WorkItem, pick: float | None) -> tuple[str, str]:
+    """The candidate's call on a request that offers a tool: the primary's, or a planted break."""
+    if pick is not None and item.facts is not None:
+        return _broken_booking(_tool_name(item), item.facts, pick)
+    return _tool_name(item), item.answer
+
+
 def candidate_policy(items: list[WorkItem], seed: int) -> Policy:
     """The candidate: slower to first token, wordier, and with the planted regressions."""
     index = _index(items)
     refused = _planted(items, "billing", CANDIDATE_BILLING_REFUSAL_RATE, seed, "refuse")
     broken = _planted(items, "extraction", CANDIDATE_SCHEMA_BREAK_RATE, seed, "schema")
+    broken_calls = _spread(
+        _planted(items, "bookings", CANDIDATE_TOOL_BREAK_RATE, seed, "tool"), seed, "tool-kind"
+    )
 
     def text_for(item: WorkItem) -> str:
         q = item.question
@@ -145,6 +195,9 @@ def candidate_policy(items: list[WorkItem], seed: int) -> Policy:
         if item is None:
             return default_policy(route, body)
         ttft_s = 0.30 + 0.30 * _fraction(seed, item.question, "candidate-speed")
+        if item.tools:
+            call = _candidate_call(item, broken_calls.get(item.question))
+            return Reply(text="", tool_calls=[call], ttft_s=ttft_s, token_delay_s=0.008)
         return Reply(text=text_for(item), ttft_s=ttft_s, token_delay_s=0.008)
 
     return policy
@@ -157,6 +210,9 @@ _REFUSAL_OPENING = re.compile(
     re.IGNORECASE,
 )
 _REQUIRED_FORMAT = re.compile(r"\[required response format: (?P<format>.*)\]\s*\Z", re.DOTALL)
+# The judge's prompt lists the tools on offer one a line, and shows each call an answer makes.
+_OFFERED_TOOL = re.compile(r"^- (?P<name>\w+): .*? parameters (?P<schema>\{.*\})$", re.MULTILINE)
+_TOOL_CALL = re.compile(r"^\[tool call: (?P<name>[^(]*)\((?P<arguments>.*)\)\]$", re.MULTILINE)
 # An answer this many times longer than the other, saying no more, loses on conciseness.
 VERBOSE_RATIO = 2.0
 
@@ -181,18 +237,52 @@ def _format_problem(answer: str, fmt: dict[str, Any] | None) -> str | None:
     return None
 
 
+def _offered_tools(request: str) -> dict[str, dict[str, Any]]:
+    """The parameters schema of each tool the request offers (a line cut short is left out)."""
+    tools = {}
+    for found in _OFFERED_TOOL.finditer(request):
+        try:
+            tools[found.group("name")] = json.loads(found.group("schema"))
+        except json.JSONDecodeError:
+            continue
+    return tools
+
+
+def _tool_problem(answer: str, tools: dict[str, dict[str, Any]]) -> str | None:
+    """What is wrong with the first call in `answer` that the offered tools do not allow."""
+    for call in _TOOL_CALL.finditer(answer):
+        name = call.group("name")
+        if name not in tools:
+            return f"calls {name}, which the request does not offer"
+        try:
+            arguments = json.loads(call.group("arguments"))
+        except json.JSONDecodeError:
+            return f"calls {name} with arguments that are not JSON"
+        error = next(jsonschema.Draft202012Validator(tools[name]).iter_errors(arguments), None)
+        if error is not None:
+            return f"calls {name} with arguments that break its schema ({error.message[:80]})"
+    return None
+
+
+def _required_format(request: str) -> dict[str, Any] | None:
+    found = _REQUIRED_FORMAT.search(request)
+    if not found:
+        return None
+    try:
+        fmt = json.loads(found.group("format"))
+    except json.JSONDecodeError:
+        return None
+    return fmt if isinstance(fmt, dict) else None
+
+
 def judge_verdict(prompt: str) -> dict[str, str]:
     """Which answer serves the request better, decided from the answers' content only."""
     request = _section(prompt, "Request")
     answers = {"A": _section(prompt, "Answer A"), "B": _section(prompt, "Answer B")}
-    fmt = None
-    found = _REQUIRED_FORMAT.search(request)
-    if found:
-        try:
-            fmt = json.loads(found.group("format"))
-        except json.JSONDecodeError:
-            fmt = None
-    problems = {label: _format_problem(text, fmt) for label, text in answers.items()}
+    fmt, tools = _required_format(request), _offered_tools(request)
+    problems = {
+        label: _format_problem(text, fmt) or _tool_problem(text, tools) for label, text in answers.items()
+    }
     if bool(problems["A"]) != bool(problems["B"]):
         loser = "A" if problems["A"] else "B"
         winner = "B" if loser == "A" else "A"
@@ -213,7 +303,8 @@ def judge_verdict(prompt: str) -> dict[str, str]:
 
 
 def judge_policy() -> Policy:
-    """A stand-in for an LLM judge: valid format beats invalid, answering beats refusing, concise wins."""
+    """A stand-in for an LLM judge: valid format and tool calls beat invalid ones, answering beats
+    refusing, concise wins."""
 
     def policy(route: str, body: dict[str, Any]) -> Reply:
         messages = body.get("messages") or []

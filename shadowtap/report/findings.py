@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shadowtap.report.numbers import clearly_above, format_ms, percentile
-from shadowtap.report.segments import Mode, SegmentStats, reasons_text
+from shadowtap.report.segments import TOOL_OUTCOMES, Mode, SegmentStats, reasons_text
 
 __all__ = ["MODES", "Finding", "Verdict", "find_changes"]
 
@@ -26,7 +26,7 @@ SLOWER_RATIO = 1.25
 LONGER_RATIO = 1.25
 MIN_SAMPLES = 10
 
-MODES: dict[Mode, str] = {"refusal": "Refusals", "format": "Format", "judge": "Judge"}
+MODES: dict[Mode, str] = {"refusal": "Refusals", "format": "Format", "tools": "Tool calls", "judge": "Judge"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +55,25 @@ def _describe(s: SegmentStats, mode: Mode) -> str:
             f"({failed.k} of {failed.n}: {reasons_text(s.format_reasons['candidate'])}; primary "
             f"{primary_failed.value or 0:.0%})"
         )
+    if mode == "tools":
+        return _describe_tools(s)
     loss, win = s.failure_rates("judge")
     return (
         f"on {name} the judge preferred the primary's answer {loss.value or 0:.0%} of the time and the "
         f"candidate's {win.value or 0:.0%} ({s.judged} pairs judged in both orders)"
+    )
+
+
+def _describe_tools(s: SegmentStats) -> str:
+    """The candidate's invalid tool calls on one segment: rate, interval, kinds, and one of them."""
+    failed, primary_failed = s.failure_rates("tools")
+    low, high = failed.interval or (0.0, 0.0)
+    example = s.tool_example("candidate")
+    return (
+        f"{failed.value or 0:.0%} of the candidate's tool-calling answers on {s.segment} were invalid for "
+        f"the offered tools ({failed.k} of {failed.n}, 95% interval {low * 100:.0f}–{high * 100:.0f}%: "
+        f"{reasons_text(s.tool_failures['candidate'], TOOL_OUTCOMES)}; primary {primary_failed.value or 0:.0%})"
+        + (f"; e.g. {example}" if example else "")
     )
 
 

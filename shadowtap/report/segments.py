@@ -11,10 +11,20 @@ from typing import Any, Literal
 from shadowtap.records import SIDES, PairRecord, ScoreRecord
 from shadowtap.report.numbers import Rate
 
-__all__ = ["FORMAT_REASONS", "Mode", "SegmentStats", "add_pair", "add_score", "reasons_text", "sub_record"]
+__all__ = [
+    "FORMAT_REASONS",
+    "TOOL_OUTCOMES",
+    "TOOL_PAIR_OUTCOMES",
+    "Mode",
+    "SegmentStats",
+    "add_pair",
+    "add_score",
+    "reasons_text",
+    "sub_record",
+]
 
 # The failure modes the report compares the candidate on.
-Mode = Literal["refusal", "format", "judge"]
+Mode = Literal["refusal", "format", "tools", "judge"]
 
 FORMAT_REASONS = {
     "not_json": "not JSON",
@@ -23,6 +33,20 @@ FORMAT_REASONS = {
     "pattern_missing": "missing a required pattern",
     "pattern_forbidden": "with a forbidden pattern",
 }
+# Why the tools scorer failed one side's calls, and how a pair's calls differed.
+TOOL_OUTCOMES = {
+    "schema_violation": "schema violation",
+    "bad_json": "bad JSON",
+    "unknown_tool": "unknown tool",
+}
+TOOL_PAIR_OUTCOMES = {
+    "different_arguments": "different arguments",
+    "different_tool": "different tool",
+    "only_primary_called": "only the primary called",
+    "only_candidate_called": "only the candidate called",
+}
+# The names that read as a count of several.
+_PLURALS = {"schema violation": "schema violations", "unknown tool": "unknown tools"}
 
 
 @dataclass(slots=True)
@@ -40,6 +64,12 @@ class SegmentStats:
     refusal_scored: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
     pairwise_refusal: Counter[str] = field(default_factory=Counter)
+    tools_checked: Counter[str] = field(default_factory=Counter)
+    tools_passed: Counter[str] = field(default_factory=Counter)
+    tool_failures: dict[str, Counter[str]] = field(default_factory=lambda: {s: Counter() for s in SIDES})
+    # The first failure of each kind per side, as `function: what is wrong`.
+    tool_examples: dict[str, dict[str, str]] = field(default_factory=lambda: {s: {} for s in SIDES})
+    tool_pairs: Counter[str] = field(default_factory=Counter)
     judge: Counter[str] = field(default_factory=Counter)
     judge_inconsistent: int = 0
     latency_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
@@ -57,6 +87,22 @@ class SegmentStats:
         p = self.pairwise_refusal
         return Rate(p["candidate_only_refused"], p["candidate_only_refused"] + p["neither"])
 
+    def tools_rate(self, side: str) -> Rate:
+        """Answers whose tool calls all fit the offered tools, of the answers that called one."""
+        return Rate(self.tools_passed[side], self.tools_checked[side])
+
+    def tool_disagreements(self) -> Rate:
+        """Pairs where the two sides did not make the same calls, of the pairs where one called a tool."""
+        total = sum(self.tool_pairs.values())
+        return Rate(total - self.tool_pairs["same_calls"], total)
+
+    def tool_example(self, side: str) -> str | None:
+        """An invalid call of the side's most frequent kind of failure."""
+        for outcome, _ in self.tool_failures[side].most_common():
+            if outcome in self.tool_examples[side]:
+                return self.tool_examples[side][outcome]
+        return None
+
     @property
     def judged(self) -> int:
         return sum(self.judge.values())
@@ -69,8 +115,9 @@ class SegmentStats:
         pairs each side lost."""
         if mode == "refusal":
             return self.refusal_rate("candidate"), self.refusal_rate("primary")
-        if mode == "format":
-            c, p = self.format_rate("candidate"), self.format_rate("primary")
+        if mode in ("format", "tools"):
+            rate = self.format_rate if mode == "format" else self.tools_rate
+            c, p = rate("candidate"), rate("primary")
             return Rate(c.n - c.k, c.n), Rate(p.n - p.k, p.n)
         return self.judge_rate("primary_win"), self.judge_rate("candidate_win")
 
@@ -104,7 +151,7 @@ def add_pair(stats: SegmentStats, pair: PairRecord) -> None:
 
 
 def add_score(stats: SegmentStats, score: ScoreRecord) -> None:
-    """Count one score record of the format, refusal or judge scorer (others add nothing)."""
+    """Count one score record of the format, tools, refusal or judge scorer (others add nothing)."""
     scorer, side, outcome = score.get("scorer"), score.get("side"), score.get("outcome")
     detail = sub_record(score, "detail")
     if scorer == "format" and side in SIDES:
@@ -113,6 +160,8 @@ def add_score(stats: SegmentStats, score: ScoreRecord) -> None:
             stats.format_passed[side] += 1
         else:
             stats.format_reasons[side][str(detail.get("reason", "other"))] += 1
+    elif scorer == "tools":
+        _add_tools_score(stats, str(side), str(outcome), detail)
     elif scorer == "refusal" and side in SIDES:
         stats.refusal_scored[side] += 1
         stats.refused[side] += outcome in ("refused", "partial")
@@ -123,10 +172,35 @@ def add_score(stats: SegmentStats, score: ScoreRecord) -> None:
         stats.judge_inconsistent += bool(detail.get("position_inconsistent"))
 
 
-def reasons_text(reasons: Counter[str]) -> str:
-    """`15 schema violations, 4 not JSON`."""
+def _tool_example(outcome: str, detail: Mapping[str, Any]) -> str:
+    """One invalid call in words: `book_engineer_visit: slot: 'am' is not one of [...]`."""
+    tool = str(detail.get("tool", "?"))
+    if outcome == "unknown_tool":
+        offered = ", ".join(str(name) for name in detail.get("offered") or []) or "none"
+        return f"{tool}, which the request does not offer (offered: {offered})"
+    if outcome == "bad_json":
+        return f"{tool}: arguments are not JSON ({detail.get('error', '?')})"
+    return f"{tool}: {detail.get('error', '?')}"
+
+
+def _add_tools_score(stats: SegmentStats, side: str, outcome: str, detail: Mapping[str, Any]) -> None:
+    if side == "pair":
+        stats.tool_pairs[outcome] += 1
+        return
+    if side not in SIDES:
+        return
+    stats.tools_checked[side] += 1
+    if outcome == "pass":
+        stats.tools_passed[side] += 1
+        return
+    stats.tool_failures[side][outcome] += 1
+    stats.tool_examples[side].setdefault(outcome, _tool_example(outcome, detail))
+
+
+def reasons_text(reasons: Counter[str], names: Mapping[str, str] = FORMAT_REASONS) -> str:
+    """`15 schema violations, 4 not JSON`: each reason's count, by its name in `names`."""
     words = []
     for reason, n in reasons.most_common():
-        text = FORMAT_REASONS.get(reason, reason)
-        words.append(f"{n} {text}s" if reason == "schema_violation" and n != 1 else f"{n} {text}")
+        text = names.get(reason, reason)
+        words.append(f"{n} {_PLURALS.get(text, text) if n != 1 else text}")
     return ", ".join(words)

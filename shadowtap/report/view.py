@@ -1,20 +1,20 @@
 """The report as a reader sees it, neutral of how it is shown: the headline, the "What changed" lines
-with their tone, the tables (rows of cells, verdicts as values), where the data is, and the numbers
+with their tone, the tables (`tables`: rows of cells, verdicts as values), where the data is, and the numbers
 behind the plots. `text` prints it with rich, `html` writes it as a page; neither decides anything.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from shadowtap.records import SIDES, SideName
-from shadowtap.report.findings import Verdict
 from shadowtap.report.model import Report
-from shadowtap.report.numbers import Rate, format_ms, percentile
-from shadowtap.report.segments import Mode, SegmentStats, reasons_text
+from shadowtap.report.numbers import Rate
+from shadowtap.report.segments import SegmentStats
+from shadowtap.report.tables import Cell, RateCell, Row, Table, TextCell, VerdictCell, tables
 
 __all__ = [
     "Cell",
@@ -36,7 +36,6 @@ __all__ = [
 # to be careful about (not yet clear, a note, no data), good news, and the all-clear.
 Tone = Literal["regression", "overall_regression", "caution", "good", "all_clear"]
 
-VERDICT_LABELS: dict[Verdict | None, str] = {"worse": "REGRESSION", "better": "better", None: "–"}
 JUDGE_OUTCOMES = ("candidate_win", "tie", "primary_win")
 
 
@@ -44,56 +43,6 @@ JUDGE_OUTCOMES = ("candidate_win", "tie", "primary_win")
 class SummaryLine:
     sentence: str
     tone: Tone
-
-
-@dataclass(frozen=True, slots=True)
-class TextCell:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class RateCell:
-    """A count out of a total with its 95% interval."""
-
-    rate: Rate
-
-    @property
-    def text(self) -> str:
-        return self.rate.text()
-
-
-@dataclass(frozen=True, slots=True)
-class VerdictCell:
-    """The verdict of one segment and failure mode; None where the difference is not clear."""
-
-    verdict: Verdict | None
-
-    @property
-    def text(self) -> str:
-        return VERDICT_LABELS[self.verdict]
-
-
-Cell = TextCell | RateCell | VerdictCell
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    cells: tuple[Cell, ...]
-    # The row of all pairs, below the segments.
-    total: bool = False
-
-    @property
-    def flagged(self) -> bool:
-        """The row holds a regression."""
-        return any(isinstance(c, VerdictCell) and c.verdict == "worse" for c in self.cells)
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    key: str
-    title: str
-    columns: tuple[str, ...]
-    rows: tuple[Row, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,133 +166,6 @@ def where_lines(report: Report) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Tables
-
-
-def _segments_and_total(report: Report) -> Iterator[SegmentStats]:
-    yield from report.segments
-    if len(report.segments) > 1:
-        yield report.overall
-
-
-def _verdict(report: Report, segment: str, mode: Mode) -> VerdictCell:
-    return VerdictCell(report.verdicts.get((segment, mode)))
-
-
-def _traffic(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
-    counts = (s.pairs, s.streamed, s.long_inputs, s.errors["primary"], s.errors["candidate"])
-    return tuple(TextCell(str(n)) for n in counts)
-
-
-def _refusal(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
-    if not (s.refusal_scored["candidate"] or s.refusal_scored["primary"]):
-        return None
-    return (
-        RateCell(s.refusal_rate("primary")),
-        RateCell(s.refusal_rate("candidate")),
-        RateCell(s.candidate_only_refusals()),
-        _verdict(report, s.segment, "refusal"),
-    )
-
-
-def _format(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
-    if not (s.format_checked["primary"] or s.format_checked["candidate"]):
-        return None
-    return (
-        RateCell(s.format_rate("primary")),
-        RateCell(s.format_rate("candidate")),
-        TextCell(reasons_text(s.format_reasons["candidate"]) or "–"),
-        _verdict(report, s.segment, "format"),
-    )
-
-
-def _judge(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
-    if not s.judged:
-        return None
-    return (
-        RateCell(s.judge_rate("candidate_win")),
-        TextCell(f"{s.judge['tie']}/{s.judged}  {s.judge['tie'] / s.judged:.0%}"),
-        RateCell(s.judge_rate("primary_win")),
-        TextCell(f"{s.judge_inconsistent}/{s.judged}"),
-        _verdict(report, s.segment, "judge"),
-    )
-
-
-def _primary_to_candidate(values: dict[str, list[float]], q: float) -> TextCell:
-    primary, candidate = percentile(values["primary"], q), percentile(values["candidate"], q)
-    if primary is None and candidate is None:
-        return TextCell("–")
-    return TextCell(f"{format_ms(primary, '')} → {format_ms(candidate, '')}")
-
-
-def _latency(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
-    ratio = percentile(s.length_ratios, 50)
-    return (
-        _primary_to_candidate(s.latency_ms, 50),
-        _primary_to_candidate(s.latency_ms, 95),
-        _primary_to_candidate(s.ttft_ms, 50),
-        _primary_to_candidate(s.ttft_ms, 95),
-        TextCell("–" if ratio is None else f"{ratio:.2f}x"),
-    )
-
-
-RowCells = Callable[[Report, SegmentStats], tuple[Cell, ...] | None]
-
-# key: (title, columns, the cells of a segment's row after its name, or None where it has no row)
-TABLES: dict[str, tuple[str, tuple[str, ...], RowCells]] = {
-    "traffic": (
-        "Traffic",
-        ("segment", "pairs", "streamed", "long inputs", "primary errors", "candidate errors"),
-        _traffic,
-    ),
-    "refusal": (
-        "Refusals: refused or partly refused (k/n, rate, [95% interval])",
-        ("segment", "primary", "candidate", "candidate only, of what the primary answered", "verdict"),
-        _refusal,
-    ),
-    "format": (
-        "Format: answers that met the requested format (JSON, schema, rules)",
-        ("segment", "primary pass", "candidate pass", "candidate failures", "verdict"),
-        _format,
-    ),
-    "judge": (
-        "Judge: which answer is better (each pair judged in both orders; a verdict that flips is a tie)",
-        ("segment", "candidate wins", "ties", "primary wins", "order flips", "verdict"),
-        _judge,
-    ),
-    "latency": (
-        "Latency (ms, primary → candidate; TTFT of streamed answers) and answer length",
-        ("segment", "latency p50", "latency p95", "TTFT p50", "TTFT p95", "length ratio (median)"),
-        _latency,
-    ),
-}
-
-
-def table_title(report: Report, key: str) -> str:
-    title = TABLES[key][0]
-    if key == "traffic" and report.short_input_chars is not None:
-        title += f" (a long input has over {report.short_input_chars:,} characters)"
-    return title
-
-
-def _rows(report: Report, cells_of: RowCells) -> tuple[Row, ...]:
-    rows = []
-    for s in _segments_and_total(report):
-        cells = cells_of(report, s)
-        if cells is not None:
-            rows.append(Row((TextCell(s.segment), *cells), total=s.segment == "all"))
-    return tuple(rows)
-
-
-def tables(report: Report) -> tuple[Table, ...]:
-    built = (
-        Table(key, table_title(report, key), columns, _rows(report, cells_of))
-        for key, (_, columns, cells_of) in TABLES.items()
-    )
-    return tuple(table for table in built if table.rows)
-
-
-# --------------------------------------------------------------------------------------------------
 # Plots
 
 
@@ -367,6 +189,7 @@ def _rate_charts(report: Report) -> tuple[RateChart, ...]:
     charts = (
         _rate_chart(report, "Refusal rate", SegmentStats.refusal_rate),
         _rate_chart(report, "Format pass rate", SegmentStats.format_rate),
+        _rate_chart(report, "Valid tool-call rate", SegmentStats.tools_rate),
     )
     return tuple(chart for chart in charts if chart is not None)
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from shadowtap.records import validate_pair, validate_score
 from shadowtap.report.model import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
-PLANTED = {("billing", "refusal"), ("extraction", "format"), ("billing", "judge"), ("extraction", "judge")}
+PLANTED = {
+    ("billing", "refusal"),
+    ("extraction", "format"),
+    ("bookings", "tools"),
+    ("billing", "judge"),
+    ("extraction", "judge"),
+    ("bookings", "judge"),
+}
 UNTOUCHED_SEGMENTS = ("troubleshooting", "out_of_scope")
 WIDE = {"COLUMNS": "200"}
 
@@ -44,8 +52,16 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 
 def what_changed(output: str) -> list[str]:
-    """The bullet lines of the report's "What changed" section, whitespace-normalised."""
-    return [" ".join(line.split()[1:]) for line in output.splitlines() if line.startswith("• ")]
+    """The bullets of the report's "What changed" section (up to its blank line), each with the lines it
+    wraps onto, whitespace-normalised."""
+    section = output.split("What changed\n", 1)[1].split("\n\n", 1)[0]
+    bullets: list[list[str]] = []
+    for line in section.splitlines():
+        if line.startswith("• "):
+            bullets.append(line.split()[1:])
+        elif bullets:
+            bullets[-1].extend(line.split())
+    return [" ".join(words) for words in bullets]
 
 
 def test_the_demo_finishes_within_a_minute_and_its_report_names_the_planted_regressions(demo_run: DemoRun):
@@ -62,6 +78,13 @@ def test_the_demo_finishes_within_a_minute_and_its_report_names_the_planted_regr
     schema = next(line for line in changes if line.startswith("Format:"))
     assert "extraction answers broke the required format" in schema
     assert "schema violation" in schema
+    tools = next(line for line in changes if line.startswith("Tool calls:"))
+    assert "tool-calling answers on bookings were invalid for the offered tools" in tools
+    rate = int(re.search(r"Tool calls: (\d+)%", tools).group(1))
+    assert 20 <= rate <= 40  # 30% planted
+    assert re.search(r"\(\d+ of 40, 95% interval \d+–\d+%: \d+ schema violations, ", tools), tools
+    assert "bad JSON" in tools and "unknown tool" in tools and "primary 0%" in tools
+    assert "e.g. book_engineer_visit: " in tools
     assert any(line.startswith("Latency: the candidate is slower to first token") for line in changes)
     assert any(line.startswith("Length: the candidate's answers are") for line in changes)
     assert "review queue:" in output and str(demo_run.data_dir / "review.jsonl") in output
@@ -91,12 +114,39 @@ def test_the_demo_writes_valid_records_and_a_review_queue(demo_run: DemoRun):
     assert {p["tags"]["segment"] for p in pairs} == {
         "billing",
         "troubleshooting",
+        "bookings",
         "extraction",
         "out_of_scope",
     }
     assert any(p["stream"] for p in pairs) and not all(p["stream"] for p in pairs)
-    assert {s["scorer"] for s in scores} == {"format", "refusal", "latency", "judge"}
-    assert {r["reason"] for r in review} == {"candidate_refused", "format_regression"}
+    assert {s["scorer"] for s in scores} == {"format", "tools", "refusal", "latency", "judge"}
+    assert {r["reason"] for r in review} == {
+        "candidate_refused",
+        "format_regression",
+        "tool_call_invalid",
+        "different_tool",
+    }
+
+
+def test_the_primary_books_every_visit_with_a_valid_call_and_the_candidate_breaks_some(demo_run: DemoRun):
+    scores = [json.loads(line) for line in (demo_run.data_dir / "scores.jsonl").read_text().splitlines()]
+    tools = [s for s in scores if s["scorer"] == "tools"]
+    outcomes = {
+        side: Counter(s["outcome"] for s in tools if s["side"] == side)
+        for side in ("primary", "candidate", "pair")
+    }
+
+    assert {s["tags"]["segment"] for s in tools} == {"bookings"}
+    assert outcomes["primary"] == {"pass": 40}
+    assert set(outcomes["candidate"]) == {"pass", "schema_violation", "bad_json", "unknown_tool"}
+    assert (
+        sum(outcomes["pair"].values()) == 40
+        and outcomes["pair"]["same_calls"] == outcomes["candidate"]["pass"]
+    )
+    broken = [s for s in tools if s["side"] == "candidate" and s["outcome"] == "schema_violation"]
+    errors = " ".join(s["detail"]["error"] for s in broken)
+    assert "is not one of ['morning', 'afternoon', 'evening']" in errors  # an enum value outside the list
+    assert "is not of type 'boolean'" in errors  # a wrong type
 
 
 def test_report_on_the_demo_data_dir_gives_the_same_findings(demo_run: DemoRun):
