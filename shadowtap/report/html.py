@@ -136,7 +136,11 @@ def _rate_plot(chart: RateChart) -> tuple[str, str]:
         ]
         xs = [i + offset for i in range(count)]
         ax.bar(xs, values, width, yerr=errors, capsize=3, color=COLOURS[side], label=side)
-    ax.set_xticks(range(count), list(chart.segments))
+    # More names than fit side by side are slanted, so that long ones do not run into each other.
+    slanted = count > 4
+    ax.set_xticks(
+        range(count), list(chart.segments), rotation=20 if slanted else 0, ha="right" if slanted else "center"
+    )
     ax.set_xlim(-0.7, count - 0.3)
     ax.set_ylim(0, 1.05)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
