@@ -496,7 +496,8 @@ def observability(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observab
 
 
 # --------------------------------------------------------------------------------------------------
-# The scenario: live traffic through the proxy; the candidate starts refusing billing requests
+# The scenario: live traffic through the proxy; the candidate starts refusing billing requests, and
+# all along breaks some of the tool calls that orders requests ask for
 
 
 def _order_tool(name: str, description: str, reason: bool) -> dict[str, Any]:
