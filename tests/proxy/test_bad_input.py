@@ -41,17 +41,23 @@ def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
+PER_CALL = frozenset({"id", "item_id", "call_id", "created", "created_at", "completed_at"})
+
+
 def _without_call_ids(doc: Any) -> Any:
+    """`doc` without what differs from one call to the next (ids, timestamps), at any depth."""
     if isinstance(doc, dict):
-        doc.pop("id", None)
-        doc.pop("created", None)
+        return {k: _without_call_ids(v) for k, v in doc.items() if k not in PER_CALL}
+    if isinstance(doc, list):
+        return [_without_call_ids(v) for v in doc]
     return doc
 
 
 def comparable(content: bytes) -> Any:
-    """An answer with its per-call parts (id, created) left out, so two calls to one upstream compare;
-    a stream compares event by event."""
-    if content.startswith(b"data: "):
+    """An answer with its per-call parts (ids, timestamps) left out, so two calls to one upstream
+    compare; a stream (chat's `data:` lines, the Responses API's `event:`/`data:` pairs) compares event
+    by event."""
+    if content.startswith((b"data: ", b"event: ")):
         return [
             _without_call_ids(json.loads(line[6:])) if line.startswith(b"data: {") else line
             for line in content.split(b"\n")
