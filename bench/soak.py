@@ -29,7 +29,19 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import REQUEST, RawClient, free_port, pct, processes, start, start_proxy, start_simulated  # noqa: E402
+from _harness import (  # noqa: E402
+    REQUEST,
+    RawClient,
+    cpu_seconds,
+    free_port,
+    open_fds,
+    pct,
+    processes,
+    rss_mb,
+    start,
+    start_proxy,
+    start_simulated,
+)
 
 MAX_SECONDS = 900
 INTERVAL_S = 10.0
@@ -46,23 +58,6 @@ def serve_candidate(port: int, delay: float) -> None:
     )
     config = uvicorn.Config(sim, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     uvicorn.Server(config).run()
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float] | None:
