@@ -12,9 +12,26 @@ from typing import Any
 
 from shadowtap.records import PAIR_SCHEMA, Output, PairRecord, SideError, SideRecord, ToolCall, api_of_route
 
-__all__ = ["CHAT_ROUTE", "make_output", "make_pair", "make_side"]
+__all__ = ["CHAT_ROUTE", "WEATHER_TOOL", "make_output", "make_pair", "make_side"]
 
 CHAT_ROUTE = "/v1/chat/completions"
+# A tool as a chat request offers it, in strict mode (no property beyond its own is allowed).
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
 _ids = itertools.count(1)
 
 

@@ -14,26 +14,10 @@ import openai
 import pytest
 
 from shadowtap.records import validate_pair
+from shadowtap.testing.pairs import WEATHER_TOOL as WEATHER
 from shadowtap.testing.upstreams import Reply
 from tests.helpers import wait_for
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 GOOD_ARGS = '{"city": "Paris", "unit": "celsius"}'
 BAD_ARGS = '{"city": 42, "unit": "kelvin"}'

@@ -24,7 +24,7 @@ from shadowtap.metrics import ScoringMetrics
 from shadowtap.records import PairRecord, validate_score
 from shadowtap.scorers.base import Scorer
 from shadowtap.scorers.judge import JudgeScorer
-from shadowtap.testing.pairs import make_pair
+from shadowtap.testing.pairs import WEATHER_TOOL, make_pair
 
 CHAT = [{"role": "user", "content": "How do I reset my router?"}]
 REQUEST = {"model": "prod", "messages": CHAT}
@@ -497,16 +497,6 @@ def _v2(side: Any, *outputs: dict[str, Any]) -> Any:
         for i, o in enumerate(outputs)
     ]
     return {**side, "outputs": filled, "text": filled[0]["text"]}
-
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 
 async def test_tool_calls_and_the_offered_tools_are_shown_and_different_arguments_are_not_identical(

@@ -9,26 +9,11 @@ from typing import Any
 import pytest
 
 from shadowtap.scorers.tools import ToolsScorer
+from shadowtap.testing.pairs import WEATHER_TOOL as WEATHER
 from shadowtap.testing.pairs import make_pair, make_side
 
 pytestmark = pytest.mark.unit
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
 LOOKUP = {
     "type": "function",
     "function": {
