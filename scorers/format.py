@@ -377,10 +377,8 @@ def _schema_failure(document: Any, schema: dict[str, Any], detail: dict[str, Any
 def _answered_with_tool_calls(pair: PairRecord, side: SideName, text: str) -> bool:
     """A side whose first output called tools and wrote no text: what it owes is valid calls (the
     tools scorer), not text in the requested format."""
-    part: Mapping[str, Any] = side_of(pair, side)
-    outputs = part.get("outputs") or []
-    first = outputs[0] if outputs and isinstance(outputs[0], dict) else {}
-    return bool(first.get("tool_calls")) and not text.strip()
+    outputs = side_outputs(side_of(pair, side))
+    return bool(outputs and outputs[0]["tool_calls"]) and not text.strip()
 
 
 def _structured_failure(text: str, expect: _Expectation, detail: dict[str, Any]) -> str | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of
+from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
 from shadowtap.scorers.base import NoConfig, side_text, validate_config
 
 if TYPE_CHECKING:
@@ -349,11 +349,11 @@ def pairwise_refusal(primary: RefusalLabel | None, candidate: RefusalLabel | Non
 
 def _first_output(pair: PairRecord, side: SideName) -> Mapping[str, Any]:
     """Output 0 of a pair/v2 side (empty for a v1 record or a failed side)."""
-    part: Mapping[str, Any] = side_of(pair, side)
+    part = side_of(pair, side)
     if part.get("error") is not None:
         return {}
-    outputs = part.get("outputs") or []
-    return outputs[0] if outputs and isinstance(outputs[0], dict) else {}
+    outputs = side_outputs(part)
+    return outputs[0] if outputs else {}
 
 
 class RefusalScorer:

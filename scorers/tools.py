@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of
+from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
 from shadowtap.scorers.base import NoConfig, validate_config
 
 __all__ = ["ToolsScorer", "offered_tools", "side_calls"]
@@ -70,15 +70,12 @@ def offered_tools(request: Mapping[str, Any]) -> dict[str, Tool]:
 
 def side_calls(pair: PairRecord, side: SideName) -> list[Call]:
     """Every tool call of one side, choice by choice (none for a failed side or a v1 record)."""
-    part: Mapping[str, Any] = side_of(pair, side)
     calls = []
-    for output in part.get("outputs") or []:
-        if not isinstance(output, dict):
-            continue
+    for output in side_outputs(side_of(pair, side)):
         for call in output.get("tool_calls") or []:
-            if isinstance(call, dict) and isinstance(call.get("name"), str):
-                arguments = call.get("arguments")
-                calls.append(Call(int(output.get("index") or 0), call["name"], _as_text(arguments)))
+            name = call.get("name") if isinstance(call, dict) else None
+            if isinstance(name, str):
+                calls.append(Call(int(output.get("index") or 0), name, _as_text(call.get("arguments"))))
     return calls
 
 
