@@ -35,10 +35,14 @@ from shadowtap.errors import ConfigError
 __all__ = [
     "ConfigError",
     "DEFAULT_SECRET_HEADERS",
+    "FEEDBACK_SIGNALS",
+    "FeedbackSettings",
     "ENV_PREFIX",
     "KafkaSettings",
     "PiiSettings",
     "RedactionSettings",
+    "RetrySettings",
+    "ReviewSettings",
     "SCORER_ENTRY_POINT_GROUP",
     "ScorerEntry",
     "ScoringSettings",
@@ -279,6 +283,7 @@ class KafkaSettings(_Section):
     topic: str = "shadowtap.pairs"
     scores_topic: str = "shadowtap.scores"
     review_topic: str = "shadowtap.review"
+    feedback_topic: str = "shadowtap.feedback"
     group_id: str = "shadowtap-scorers"
     compression: Literal["gzip", "none", "lz4", "snappy", "zstd"] = "gzip"
     linger_ms: int = Field(default=20, ge=0)
@@ -378,6 +383,64 @@ class SentinelSettings(_Section):
         return self.thresholds.get(failure_mode, self.threshold_points)
 
 
+# The production signals every deployment knows; `feedback.signals` adds a deployment's own names.
+FEEDBACK_SIGNALS = ("thumbs_up", "thumbs_down", "escalated", "abandoned")
+_SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+class FeedbackSettings(_Section):
+    """`POST /shadowtap/v1/feedback` on the proxy: users' thumbs, escalations and the like, per response."""
+
+    enabled: bool = True
+    # When set, a feedback request must carry `Authorization: Bearer <token>`.
+    token: Annotated[str | None, AfterValidator(check_secret)] = None
+    # Signal names accepted besides thumbs_up, thumbs_down, escalated and abandoned.
+    signals: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+    max_comment_chars: int = Field(default=2000, ge=0, le=100_000)
+    # Recent primary response ids (and pair ids) remembered, to tie feedback to a segment and a pair.
+    recent_responses: int = Field(default=50_000, ge=1, le=10_000_000)
+
+    @field_validator("signals")
+    @classmethod
+    def _signal_names(cls, signals: list[str]) -> list[str]:
+        for name in signals:
+            if not _SIGNAL_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a signal name (lower case letters, digits, _; 40 at most)")
+            if name in FEEDBACK_SIGNALS or name == "retry":
+                raise ValueError(f"{name!r} is built in; list only your own signals")
+        return signals
+
+    @property
+    def accepted_signals(self) -> tuple[str, ...]:
+        return (*FEEDBACK_SIGNALS, *self.signals)
+
+
+class RetrySettings(_Section):
+    """Retry detection: the same conversation key sending the same last user message again, soon."""
+
+    enabled: bool = True
+    window_s: float = Field(default=120.0, gt=0, le=86_400)
+    # Conversations remembered at once (the oldest is forgotten first): bounded memory.
+    max_conversations: int = Field(default=100_000, ge=1, le=10_000_000)
+    # Request bodies larger than this are not looked at for retries.
+    max_body_bytes: int = Field(default=1_000_000, ge=0)
+
+
+class ReviewSettings(_Section):
+    """`shadowtap review`: the blind review page."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    # Required when host is anything but a loopback address; sent as `Authorization: Bearer` or a cookie.
+    token: Annotated[str | None, AfterValidator(check_secret)] = None
+    # Share of the queue that is a random sample of all pairs, for judge calibration.
+    calibration_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    # The calibration sample and the A/B order are drawn with this seed (null: a fresh one each start).
+    seed: int | None = None
+    reviewer: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class Settings(BaseSettings):
     """The whole configuration. `load_settings` builds it from the file, the environment and the flags;
     `Settings(**keys)` alone reads the process environment beneath `keys`."""
@@ -393,6 +456,9 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     sentinel: SentinelSettings = Field(default_factory=SentinelSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @classmethod
     def settings_customise_sources(

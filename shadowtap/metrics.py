@@ -175,6 +175,28 @@ class Metrics:
             "shadowtap_pairs_total", "Pair records assembled and handed to the sink.", ["route"], registry=r
         )
 
+        # Production signals (the primary's, whether or not the request was mirrored)
+        self.feedback = Counter(
+            "shadowtap_feedback_total",
+            "Feedback on the primary's answers posted to /shadowtap/v1/feedback, by signal (thumbs_up, "
+            "thumbs_down, escalated, abandoned or a configured name) and segment.",
+            ["signal", "segment"],
+            registry=r,
+        )
+        self.feedback_rejected = Counter(
+            "shadowtap_feedback_rejected_total",
+            "Feedback requests refused, by reason (unauthorized, too_large, invalid).",
+            ["reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "shadowtap_retries_total",
+            "Requests that repeat the same last user message of the same conversation key within "
+            "retry.window_s: a retry on the earlier exchange, by that exchange's segment.",
+            ["segment"],
+            registry=r,
+        )
+
         # Sinks
         self.sink_records = Counter(
             "shadowtap_sink_records_total",
