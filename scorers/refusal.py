@@ -1,8 +1,12 @@
 """Refusal detection on one answer: refused, partial (declines part, helps with the rest) or answered.
 
-Pure and fast: precompiled regexes, no network, no model. A refusal opens the response in the model's
-own voice; so a cue only counts near the start (or as a sentence of its own later on, for a partial),
-never inside quotes, inline code or code fences, and what follows it decides refused against partial.
+Two detectors. The cue grammar (`classify_refusal`) is pure and fast: precompiled regexes, no network,
+no model. A refusal opens the response in the model's own voice; so a cue only counts near the start
+(or as a sentence of its own later on, for a partial), never inside quotes, inline code or code fences,
+and what follows it decides refused against partial. The learned detector (`detect_refusal`, the
+scorer's default) is a linear model over n-grams and the cue grammar's verdict (`refusal_model`),
+trained on human-labelled answers of several models; it catches the refusals that moralise, redirect
+or open with "As an AI…" that the cue grammar misses, and gives a probability.
 """
 
 from __future__ import annotations
@@ -12,18 +16,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from pydantic import Field, model_validator
+
 from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
-from shadowtap.scorers.base import NoConfig, side_text, validate_config
+from shadowtap.scorers.base import ScorerConfig, side_text, validate_config
+from shadowtap.scorers.refusal_model import load_model
 
 if TYPE_CHECKING:
     from shadowtap.metrics import ScoringMetrics
 
 __all__ = [
     "PAIRWISE_OUTCOMES",
+    "RefusalConfig",
+    "RefusalDetection",
     "RefusalLabel",
     "RefusalScorer",
     "RefusalVerdict",
     "classify_refusal",
+    "detect_refusal",
     "pairwise_refusal",
 ]
 
@@ -334,6 +344,32 @@ def classify_refusal(text: str | None) -> RefusalVerdict:
     return ANSWERED
 
 
+@dataclass(frozen=True, slots=True)
+class RefusalDetection:
+    """What `detect_refusal` found: the label, P(refused or partial), the cue grammar's phrase and
+    language (if it saw one), and the features that pushed the learned model hardest to its decision."""
+
+    label: RefusalLabel
+    refusing: float
+    cue: str | None
+    language: str | None
+    top_features: tuple[str, ...]
+
+
+def detect_refusal(text: str | None, threshold: float = 0.5) -> RefusalDetection:
+    """The learned detector on one answer: refusing when P(refused) + P(partial) >= `threshold`.
+
+    None or blank text gives `answered` with probability 0, as `classify_refusal` does.
+    """
+    if not text or not text.strip():
+        return RefusalDetection("answered", 0.0, None, None, ())
+    verdict = classify_refusal(text)
+    prediction = load_model().predict(text, verdict.label, verdict.language, threshold)
+    return RefusalDetection(
+        prediction.label, prediction.refusing, verdict.cue, verdict.language, prediction.top_features
+    )
+
+
 def pairwise_refusal(primary: RefusalLabel | None, candidate: RefusalLabel | None) -> str:
     """Which side refused; a partial counts as a refusal and a missing side (None) as not refusing."""
     primary_refused = primary in ("refused", "partial")
@@ -356,24 +392,48 @@ def _first_output(pair: PairRecord, side: SideName) -> Mapping[str, Any]:
     return outputs[0] if outputs else {}
 
 
+class RefusalConfig(ScorerConfig):
+    """`scoring.scorers.refusal`: which detector decides, and where the learned one draws the line.
+
+    `threshold` is P(refused or partial) from which an answer counts as a refusal; answers within
+    `uncertain_band` of it raise the review reason `refusal_uncertain`, so that people label exactly
+    the answers the detector is least sure of. Both apply to the learned detector only.
+    """
+
+    detector: Literal["learned", "cues"] = "learned"
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    uncertain_band: float = Field(default=0.15, ge=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _band_inside_unit_interval(self) -> RefusalConfig:
+        if self.threshold - self.uncertain_band <= 0.0 or self.threshold + self.uncertain_band >= 1.0:
+            raise ValueError(
+                f"uncertain_band {self.uncertain_band} around threshold {self.threshold} leaves (0, 1)"
+            )
+        return self
+
+
 class RefusalScorer:
     """Refusal errors: per side refused / partial / answered, and the pairwise outcome that matters —
     a candidate refusing what the primary answered (`candidate_only_refused`), which also raises the
-    review reason `candidate_refused`. Takes no settings."""
+    review reason `candidate_refused`. With the learned detector (the default) a side's `value` is
+    P(refused or partial), and an answer near the threshold raises `refusal_uncertain`."""
 
     name: ClassVar[str] = "refusal"
     outcomes: ClassVar[frozenset[str]] = frozenset({"refused", "partial", "answered", *PAIRWISE_OUTCOMES})
-    config_model: ClassVar[type[NoConfig]] = NoConfig
-    review_reasons: ClassVar[frozenset[str]] = frozenset({"candidate_refused"})
+    config_model: ClassVar[type[RefusalConfig]] = RefusalConfig
+    review_reasons: ClassVar[frozenset[str]] = frozenset({"candidate_refused", "refusal_uncertain"})
 
     def __init__(
         self,
-        config: Mapping[str, Any] | NoConfig | None = None,
+        config: Mapping[str, Any] | RefusalConfig | None = None,
         *,
         metrics: ScoringMetrics | None = None,
         segments: frozenset[str] = frozenset(),
     ) -> None:
-        self.config = validate_config(NoConfig, self.name, config)
+        self.config = validate_config(RefusalConfig, self.name, config)
+        if self.config.detector == "learned":
+            load_model()  # a missing or altered weights file fails at start-up, not on the first pair
 
     async def score(self, pair: PairRecord) -> list[Score]:
         scores: list[Score] = []
@@ -389,8 +449,9 @@ class RefusalScorer:
             scores.append(Score(self.name, "pair", outcome, None, detail))
         return scores
 
-    @staticmethod
-    def _side_verdict(pair: PairRecord, side: SideName) -> tuple[RefusalLabel | None, float, dict[str, Any]]:
+    def _side_verdict(
+        self, pair: PairRecord, side: SideName
+    ) -> tuple[RefusalLabel | None, float, dict[str, Any]]:
         """One side's label: the API's own `refusal` field (OpenAI structured outputs, the Responses
         API's refusal parts) says refused; a tool call is an answer; otherwise the text decides."""
         first = _first_output(pair, side)
@@ -401,14 +462,28 @@ class RefusalScorer:
             return "answered", 0.0, {"tool_calls": len(first["tool_calls"])}
         if not text:
             return None, 0.0, {}
+        if self.config.detector == "learned":
+            return self._learned_verdict(text)
         verdict = classify_refusal(text)
         detail = {"cue": verdict.cue, "language": verdict.language} if verdict.cue else {}
         return verdict.label, 0.0 if verdict.label == "answered" else 1.0, detail
 
+    def _learned_verdict(self, text: str) -> tuple[RefusalLabel, float, dict[str, Any]]:
+        detection = detect_refusal(text, self.config.threshold)
+        detail: dict[str, Any] = {"detector": "learned", "features": list(detection.top_features)}
+        if detection.cue:
+            detail.update(cue=detection.cue, language=detection.language)
+        if abs(detection.refusing - self.config.threshold) < self.config.uncertain_band:
+            detail["uncertain"] = True
+        return detection.label, round(detection.refusing, 4), detail
+
     def reasons_for_review(self, scores: list[Score]) -> list[str]:
-        """`candidate_refused` when the candidate refused what the primary answered."""
-        refused = any(
-            s.scorer == self.name and s.side == "pair" and s.outcome == "candidate_only_refused"
-            for s in scores
-        )
-        return ["candidate_refused"] if refused else []
+        """`candidate_refused` when the candidate refused what the primary answered; `refusal_uncertain`
+        when the learned detector was unsure of either side."""
+        mine = [s for s in scores if s.scorer == self.name]
+        reasons = []
+        if any(s.side == "pair" and s.outcome == "candidate_only_refused" for s in mine):
+            reasons.append("candidate_refused")
+        if any(s.side != "pair" and s.detail.get("uncertain") for s in mine):
+            reasons.append("refusal_uncertain")
+        return reasons
