@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from shadowtap.config import Settings
 from shadowtap.errors import PrimaryStreamBroken, openai_error_body
 from shadowtap.metrics import Metrics, route_label
+from shadowtap.proxy.feedback import FEEDBACK_PATH, ProductionSignals
 from shadowtap.proxy.logs import ThrottledLog
 from shadowtap.proxy.paths import canonical_path
 from shadowtap.proxy.protocol import ProxyHttpProtocol
@@ -54,8 +55,9 @@ class Proxy:
         self.metrics = metrics
         self.primary = Upstream("primary", settings.primary)
         self.candidate = Upstream("candidate", settings.candidate) if settings.candidate.url else None
+        self.signals = ProductionSignals(settings, metrics)  # feedback and retries
         self.shadow = (
-            ShadowDispatcher(settings, self.candidate, metrics, handlers)
+            ShadowDispatcher(settings, self.candidate, metrics, [*handlers, self.signals.pair_recorded])
             if self.candidate is not None
             else None
         )
@@ -72,6 +74,7 @@ class Proxy:
         await self.primary.aclose()
         if self.candidate is not None:
             await self.candidate.aclose()
+        self.signals.close()
 
     async def handle(
         self, scope: dict[str, Any], body: bytes, rest: AsyncIterator[bytes] | None = None
@@ -371,6 +374,14 @@ def create_app(
 
     app.add_route("/healthz", healthz, methods=["GET"])
 
+    if settings.feedback.enabled:
+
+        async def feedback(request: Request) -> Response:
+            signals: ProductionSignals = request.app.state.proxy.signals
+            return await signals.endpoint(request)
+
+        app.add_route(FEEDBACK_PATH, feedback, methods=["POST"])
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return openai_error(
             404, f"No route {request.url.path}; shadowtap serves /v1/*", "invalid_request_error", "not_found"
@@ -416,8 +427,9 @@ class FastPath:
             if rest is None:
                 watch.start()
             response = await self._response(proxy, scope, body, rest)
+            observed = proxy.signals.watch(scope, body if rest is None else None, send)  # response id, retry
             with contextlib.suppress(PrimaryStreamBroken):  # the server then closes the connection
-                await response(scope, receive, watch.wrap(send))
+                await response(scope, receive, watch.wrap(observed))
         except ClientDisconnect:
             if "shadowtap.refused" not in scope:  # a refusal mid-body is counted as that
                 proxy.metrics.incomplete_requests.inc()
