@@ -434,7 +434,7 @@ class ReviewSettings(_Section):
     port: int = Field(default=8090, ge=0, le=65535)
     # Required when host is anything but a loopback address; sent as `Authorization: Bearer` or a cookie.
     token: Annotated[str | None, AfterValidator(check_secret)] = None
-    # Share of the queue that is a random sample of all pairs, for judge calibration.
+    # Share of the pairs no scorer or user flagged that is drawn at random into the queue (calibration).
     calibration_share: float = Field(default=0.2, ge=0.0, le=1.0)
     # The calibration sample and the A/B order are drawn with this seed (null: a fresh one each start).
     seed: int | None = None
