@@ -28,7 +28,7 @@ from shadowtap.proxy.logs import ThrottledLog
 from shadowtap.proxy.paths import canonical_path
 from shadowtap.proxy.protocol import ProxyHttpProtocol
 from shadowtap.proxy.record import SideAssembler, SideResult
-from shadowtap.proxy.relay import ClientWatch, StreamRelay
+from shadowtap.proxy.relay import ClientWatch, RequestClock, StreamRelay, TimedResponse
 from shadowtap.proxy.shadow import MIRRORED_ROUTES, PairHandler, ShadowDispatcher, ShadowJob
 from shadowtap.proxy.transport import Exchange, UpstreamResponse
 from shadowtap.proxy.upstream import Upstream, forward_headers, response_headers
@@ -77,7 +77,11 @@ class Proxy:
         self.signals.close()
 
     async def handle(
-        self, scope: dict[str, Any], body: bytes, rest: AsyncIterator[bytes] | None = None
+        self,
+        scope: dict[str, Any],
+        body: bytes,
+        rest: AsyncIterator[bytes] | None = None,
+        clock: RequestClock | None = None,
     ) -> Response | StreamRelay:
         """Pass one request through to the primary and its answer back; mirror it when it is sampled.
 
@@ -120,7 +124,7 @@ class Proxy:
         self.metrics.requests.labels(route=route, side="primary", status=str(upstream.status)).inc()
         assembler = self._assembler(upstream, job, is_stream, t_sent) if job is not None else None
         if is_stream or _large_or_unsized(upstream):
-            return self._relayed(upstream, route, job, assembler, t0, t_sent, t_headers)
+            return self._relayed(upstream, route, job, assembler, t0, t_sent, t_headers, clock)
 
         try:
             chunks = [chunk async for chunk in upstream.aiter_raw()]
@@ -132,7 +136,7 @@ class Proxy:
             raise
         finally:
             await upstream.aclose()
-        return self._buffered(upstream, b"".join(chunks), route, job, assembler, t0, t_sent)
+        return self._buffered(upstream, b"".join(chunks), route, job, assembler, t0, t_sent, clock)
 
     async def _start_primary(
         self,
@@ -235,10 +239,11 @@ class Proxy:
         t0: float,
         t_sent: float,
         t_headers: float,
+        clock: RequestClock | None,
     ) -> StreamRelay:
         """A response that relays the primary's body as it arrives (a stream, or a large body)."""
         response = StreamRelay(
-            self._relay(upstream, route, job, assembler, t_sent),
+            self._relay(upstream, route, job, assembler, t_sent, clock),
             upstream.status,
             response_headers(upstream.headers),
             upstream.aclose,
@@ -256,10 +261,13 @@ class Proxy:
         assembler: SideAssembler | None,
         t0: float,
         t_sent: float,
+        clock: RequestClock | None,
     ) -> Response:
         """The primary's whole body, read, as the client's response; a copy goes to the record."""
         t_done = time.perf_counter()
         status = upstream.status
+        if clock is not None:
+            clock.primary_s = t_done - t_sent
         self.metrics.latency.labels(route=route, side="primary").observe(t_done - t_sent)
         if job is not None and assembler is not None and not job.primary.done():
             assembler.feed(content, t_done)
@@ -276,6 +284,7 @@ class Proxy:
         job: ShadowJob | None,
         assembler: SideAssembler | None,
         t_sent: float,
+        clock: RequestClock | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Pass the primary's stream through as it arrives; a copy of each chunk feeds the record."""
         result = SideResult(status=upstream.status)
@@ -294,6 +303,8 @@ class Proxy:
             raise
         finally:
             ended = time.perf_counter()
+            if clock is not None:
+                clock.primary_s = ended - t_sent
             await upstream.aclose()
             self.metrics.latency.labels(route=route, side="primary").observe(ended - t_sent)
             if job is not None and assembler is not None and not job.primary.done():
@@ -447,9 +458,11 @@ class FastPath:
     @staticmethod
     async def _response(
         proxy: Proxy, scope: dict[str, Any], body: bytes, rest: AsyncIterator[bytes] | None
-    ) -> Response | StreamRelay:
+    ) -> Response | StreamRelay | TimedResponse:
         try:
-            return await proxy.handle(scope, body, rest)
+            clock = RequestClock()
+            response = await proxy.handle(scope, body, rest, clock)
+            return TimedResponse(response, clock, proxy.metrics, route_label(scope["path"]))
         except (asyncio.CancelledError, ClientDisconnect):
             raise
         except Exception:

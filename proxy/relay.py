@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
+
+from shadowtap.metrics import Metrics
 
 
 class StreamRelay:
@@ -33,6 +36,41 @@ class StreamRelay:
         finally:
             await self.chunks.aclose()  # runs the relay's own clean-up if it stopped at a `yield`
             await self.on_close()
+
+
+class RequestClock:
+    """A request's start (its body read, or its first part when the rest streams to the primary) and the
+    primary's share of its time, for the latency the proxy adds end to end
+    (`shadowtap_added_latency_seconds`): what the client waited less what the primary took."""
+
+    __slots__ = ("arrived", "primary_s")
+
+    def __init__(self) -> None:
+        self.arrived = time.perf_counter()
+        self.primary_s: float | None = None
+
+    def answered(self, metrics: Metrics, route: str) -> None:
+        """The response's last byte is sent: observe the added time (only when the primary answered)."""
+        if self.primary_s is not None:
+            added = time.perf_counter() - self.arrived - self.primary_s
+            metrics.added_latency.labels(route=route).observe(max(0.0, added))
+
+
+class TimedResponse:
+    """An ASGI response that, once its last byte is sent, observes the latency the proxy added to it; a
+    response cut off (the client left, the primary's stream broke) is not observed."""
+
+    __slots__ = ("inner", "clock", "metrics", "route")
+
+    def __init__(self, inner: Any, clock: RequestClock, metrics: Metrics, route: str) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.metrics = metrics
+        self.route = route
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.inner(scope, receive, send)
+        self.clock.answered(self.metrics, self.route)
 
 
 class ClientWatch:

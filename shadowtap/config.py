@@ -182,6 +182,8 @@ class ServerSettings(_Section):
     # The client's address in X-Forwarded-For to the primary: appended to what the client sent
     # ("append"), forwarded as sent ("pass"), or not sent at all ("drop").
     forwarded_for: Literal["append", "pass", "drop"] = "append"
+    # How often the event loop's lag is sampled (shadowtap_event_loop_lag_seconds); 0 turns it off.
+    loop_lag_interval_s: float = Field(default=0.1, ge=0, le=10)
 
     @field_validator("methods")
     @classmethod

@@ -7,10 +7,22 @@ kind, sink, scorer and segment (configured values or `other`). Never user text, 
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.metrics import MetricWrapperBase
+
+from shadowtap import __version__
 
 # Routes are a closed set so that a client probing random paths cannot grow the series count.
 KNOWN_ROUTES = frozenset(
@@ -26,8 +38,75 @@ KNOWN_ROUTES = frozenset(
     }
 )
 
+# The routes that are mirrored (the rest only pass through); their shadow series are created at start-up.
+MIRRORED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+SIDES = ("primary", "candidate")
+
+# Bounded label values, created at zero when the metrics are, so that `increase()` sees a first event
+# (a series that appears holding 40 reads as no increase at all) and a panel draws a zero line.
+REJECTION_REASONS = (
+    "path",
+    "method",
+    "head_too_large",
+    "body_too_large",
+    "head_timeout",
+    "body_timeout",
+    "send_timeout",
+    "concurrency",
+)
+PRIMARY_ERROR_KINDS = ("connect", "timeout", "protocol", "disconnected")
+SHADOW_SKIP_REASONS = (
+    "not_sampled",
+    "too_large",
+    "content_type",
+    "unparseable",
+    "invalid_request",
+    "candidate_model_unknown",
+    "previous_response",
+    "conversation",
+    "background",
+    "primary_error",
+    "shutdown",
+)
+SHADOW_DROP_REASONS = ("queue_full", "recording_backlog", "shutdown", "internal_error")
+CANDIDATE_ERROR_KINDS = (
+    "connect",
+    "timeout",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "invalid_response",
+    "truncated_stream",
+    "stream_error",
+    "response_failed",
+    "disconnected",
+    "transport",
+)
+SINK_OUTCOMES = ("written", "spilled", "failed", "dropped")
+SCORE_SIDES = ("primary", "candidate", "pair")
+JUDGE_CALL_OUTCOMES = ("ok", "malformed", "error", "rate_limited")
+JUDGE_SKIP_REASONS = ("not_sampled", "budget_exhausted", "missing_answer")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+# The proxy's own time: sub-millisecond when healthy, up to seconds when its event loop is blocked.
+OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
 RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 5, 10)
 
 
@@ -128,9 +207,33 @@ class Metrics:
         )
         self.overhead = Histogram(
             "shadowtap_proxy_overhead_seconds",
-            "Time the proxy itself adds to a user request (total handling time less the primary's time).",
+            "Time the proxy spends in its own synchronous steps of a request (before the request goes out, "
+            "after the answer is in); shadowtap_added_latency_seconds is what the client feels.",
             ["route"],
             buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.added_latency = Histogram(
+            "shadowtap_added_latency_seconds",
+            "Time a client waited beyond the primary's own time, end to end: from the request's arrival to "
+            "its response's last byte, less the time from sending it to the primary to the primary's last byte.",
+            ["route"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "shadowtap_event_loop_lag_seconds",
+            "How late the event loop ran a timer: the largest lag sampled over the last 10 seconds.",
+            registry=r,
+        )
+        self.loop_lag_total = Counter(
+            "shadowtap_event_loop_delay_seconds_total",
+            "Sum of the event loop's sampled lags (its rate is seconds of delay per second).",
+            registry=r,
+        )
+        self.loop_lag_samples = Counter(
+            "shadowtap_event_loop_lag_samples_total",
+            "Event-loop lag samples taken.",
             registry=r,
         )
         self.primary_errors = Counter(
@@ -214,7 +317,37 @@ class Metrics:
         self.sink_queue_depth = Gauge(
             "shadowtap_sink_queue_depth", "Records waiting to be written by the sink.", ["sink"], registry=r
         )
+        register_process_metrics(r)
         memoize_labels(self)
+        self._initialise_children()
+
+    def _initialise_children(self) -> None:
+        """Every bounded label value at zero (see REJECTION_REASONS)."""
+        routes = (*sorted(KNOWN_ROUTES), "other")
+        for reason in REJECTION_REASONS:
+            self.requests_rejected.labels(reason=reason)
+        for route in routes:
+            self.proxy_errors.labels(route=route)
+            self.added_latency.labels(route=route)
+            for kind in PRIMARY_ERROR_KINDS:
+                self.primary_errors.labels(route=route, kind=kind)
+        for side in SIDES:
+            self.records_truncated.labels(side=side)
+        for route in MIRRORED_ROUTES:
+            self.shadow_sampled.labels(route=route)
+            self.pairs.labels(route=route)
+            self.requests.labels(route=route, side="candidate", status="error")
+            for reason in SHADOW_SKIP_REASONS:
+                self.shadow_skipped.labels(route=route, reason=reason)
+            for reason in SHADOW_DROP_REASONS:
+                self.shadow_dropped.labels(route=route, reason=reason)
+            for kind in CANDIDATE_ERROR_KINDS:
+                self.candidate_errors.labels(route=route, kind=kind)
+
+    def initialise_sink(self, name: str) -> None:
+        """The configured sink's record outcomes at zero (a first drop is then an increase)."""
+        for outcome in SINK_OUTCOMES:
+            self.sink_records.labels(sink=name, outcome=outcome)
 
 
 class ScoringMetrics:
@@ -322,6 +455,40 @@ class ScoringMetrics:
             registry=r,
         )
         memoize_labels(self)
+        for outcome in JUDGE_CALL_OUTCOMES:
+            self.judge_calls.labels(outcome=outcome)
+        for reason in JUDGE_SKIP_REASONS:
+            self.judge_skipped.labels(reason=reason)
+        self.scoring_dropped.inc(0)
+
+    def initialise_scorers(self, scorers: Iterable[Any], segments: Iterable[str]) -> None:
+        """Zero series for each configured scorer's outcomes, sides and review reasons, per configured
+        segment (and `none`, `other`): a segment with no scores then reads 0, which the "insufficient
+        data" alerts and panels need, and a first score is an increase."""
+        labels = (*sorted(set(segments)), "none", "other")
+        for scorer in scorers:
+            self.scorer_errors.labels(scorer=scorer.name)
+            for reason in getattr(scorer, "review_reasons", ()):
+                self.review_items.labels(reason=reason)
+            for segment in labels:
+                for side in SCORE_SIDES:
+                    for outcome in scorer.outcomes:
+                        self.scores.labels(scorer=scorer.name, side=side, outcome=outcome, segment=segment)
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """process_*, python_gc_*, python_info and shadowtap_build_info on a registry of our own (the
+    default registry has the first three; ours is passed in, so they are added here)."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    build = Gauge(
+        "shadowtap_build_info",
+        "Always 1; the running shadowtap's version and Python in its labels.",
+        ["version", "python"],
+        registry=registry,
+    )
+    build.labels(version=__version__, python=platform.python_version()).set(1)
 
 
 def segment_label(value: str | None, allowed: frozenset[str] | set[str]) -> str:

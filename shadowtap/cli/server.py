@@ -18,6 +18,7 @@ from shadowtap.config import Settings
 from shadowtap.errors import ConfigError
 from shadowtap.metrics import Metrics
 from shadowtap.proxy.app import create_app
+from shadowtap.proxy.looplag import LoopLagSampler
 from shadowtap.proxy.sinks import JsonlSink, Sink
 from shadowtap.records import PairRecord
 
@@ -55,7 +56,16 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
         handlers.append(scoring.submit)
         on_startup.insert(0, scoring.start_soon)
         on_shutdown.insert(0, lambda: scoring.close(settings.server.shutdown_grace_s))
+        scoring.metrics.initialise_scorers(scoring.pipeline.scorers, settings.tags.segments)
+    for name in (sink.name, *(("scores", "review") if scoring is not None else ())):
+        metrics.initialise_sink(name)
+    sampler = None
+    if settings.server.loop_lag_interval_s > 0:
+        sampler = LoopLagSampler(metrics, settings.server.loop_lag_interval_s)
+        on_startup.insert(0, sampler.start)
+        on_shutdown.append(sampler.close)
     app = create_app(settings, metrics, handlers, on_startup=on_startup, on_shutdown=on_shutdown)
+    app.state.loop_lag = sampler
     return app, metrics, sink
 
 
