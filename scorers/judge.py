@@ -76,6 +76,9 @@ class JudgeConfig(ScorerConfig):
     price_per_1k_prompt_tokens: float = Field(default=0.0, ge=0)
     price_per_1k_completion_tokens: float = Field(default=0.0, ge=0)
     rubric_file: str | None = None
+    # Model-name prefixes to families, beside the built-in ones (scorers/calibration.py): a warning when
+    # the judge is of either side's family.
+    model_families: dict[str, str] = Field(default_factory=dict)
     max_answer_chars: int = Field(default=8000, gt=0)
     max_request_chars: int = Field(default=12000, gt=0)
 
@@ -270,6 +273,11 @@ class JudgeScorer:
             names = ", ".join("{{" + m + "}}" for m in sorted(missing))
             raise ConfigError(f"{CONFIG_KEY}.rubric_file: {path} lacks the placeholder(s) {names}")
         return template
+
+    @property
+    def template_hash(self) -> str:
+        """The rubric's hash (16 hex digits): runs and calibrations name the prompt by it."""
+        return hashlib.sha256(self.template.encode()).hexdigest()[:16]
 
     async def aclose(self) -> None:
         await self.client.close()

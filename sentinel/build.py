@@ -25,11 +25,13 @@ import jsonschema
 from shadowtap.proxy.record import length_bucket
 from shadowtap.records import PairRecord, utc_now_rfc3339, validate_pair
 from shadowtap.request_text import input_chars, request_text
+from shadowtap.sentinel.decision import required_size
 from shadowtap.sentinel.dedup import NearDuplicates
 from shadowtap.sentinel.reference import MATCH_METHODS
 from shadowtap.sentinel.sets import Cell, ManifestBody, SentinelSet, SetRow, read_set, write_set
 from shadowtap.sentinel.settings import SentinelSettings
 from shadowtap.sentinel.sources import Read
+from shadowtap.stats import design_effect
 
 log = logging.getLogger("shadowtap.sentinel")
 
@@ -71,6 +73,25 @@ class BuildResult:
     invalid: int = 0
     not_eligible: int = 0
     duplicates: int = 0
+
+    @property
+    def masked_inputs(self) -> int:
+        """Examples whose request had values masked: flagged, and left out of the gate by default."""
+        return sum(1 for row in self.set.rows if row.get("masked_input"))
+
+
+def required_set_size(built: SentinelSet, config: SentinelSettings) -> int:
+    """Examples the set needs for a production decision at `threshold_points` (sentinel/decision.py),
+    with this set's strata: traffic weights against how many examples each holds."""
+    sampled = Counter(row["stratum"] for row in built.rows)
+    return required_size(
+        config.threshold_points,
+        alpha=config.alpha,
+        power=config.power,
+        discordance=config.expected_discordance,
+        cells_gate=len(sampled) > 1 and min(sampled.values(), default=0) >= config.min_gating_cell,
+        design_effect=design_effect(built.traffic_shares, dict(sampled)),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,7 +158,20 @@ def allocate(size: int, minimum: int, available: dict[str, int], shares: dict[st
 Records = Iterable[Read]
 
 
+def _masked_input(pair: PairRecord) -> bool:
+    """Whether masking changed any value of the request (what a replay sends is then not what the user sent)."""
+    masked = pair.get("masked")
+    return bool(masked and masked.get("request"))
+
+
 def _example(pair: PairRecord, stratum: str, values: dict[str, str]) -> SetRow:
+    row = _row(pair, stratum, values)
+    if _masked_input(pair):
+        row["masked_input"] = True
+    return row
+
+
+def _row(pair: PairRecord, stratum: str, values: dict[str, str]) -> SetRow:
     return {
         "id": pair["id"],
         "stratum": stratum,

@@ -1,4 +1,4 @@
-"""`shadowtap sentinel build | run | gate | history`: the drift sentinel's command line."""
+"""`shadowtap sentinel build | run | gate | pin | history`: the drift sentinel's command line."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def build(
             )
     except (SetError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    _report_build(result)
+    _report_build(result, config)
 
 
 def _pair_source(
@@ -175,13 +175,31 @@ def _pair_source(
     }
 
 
-def _report_build(result: BuildResult) -> None:
+def _report_build(result: BuildResult, config: SentinelConfig) -> None:
+    from shadowtap.sentinel.build import required_set_size
     from shadowtap.sentinel.render import build_table, console
 
     built = result.set
     console().print(build_table(result))
     for cell in result.short_cells:
         click.echo(f"warning: {cell.describe()}", err=True)
+    settings = config.sentinel
+    needed = required_set_size(built, settings)
+    decision = (
+        f"a production decision (a {settings.threshold_points:g}-point drop in one failure mode caught with "
+        f"{settings.power:.0%} power, false blocks at most {settings.alpha:g} family-wise, answers changing "
+        f"between runs on {settings.expected_discordance:.0%} of examples) needs about {needed} examples"
+    )
+    if len(built.rows) < needed:
+        click.echo(f"warning: set of {len(built.rows)} examples: {decision}; use --size {needed}", err=True)
+    else:
+        click.echo(f"note: {decision}; this set has {len(built.rows)}", err=True)
+    if result.masked_inputs:
+        click.echo(
+            f"note: {result.masked_inputs} example(s) had values masked in their request (marked masked_input): "
+            "their replay is not what the user sent, so the gate leaves them out (sentinel.gate_masked_inputs)",
+            err=True,
+        )
     if result.invalid:
         click.echo(f"note: {result.invalid} record(s) were not valid pair records and were skipped", err=True)
     if result.duplicates:
@@ -227,6 +245,12 @@ def _report_build(result: BuildResult) -> None:
     metavar="FILE",
     help="SQLite history file (default DATA_DIR/sentinel.sqlite).",
 )
+@click.option(
+    "--baseline",
+    metavar="RUN",
+    help="Judge each answer head to head against this run's (a run id, a run .json, `pinned` for "
+    "--model's pinned run, or `pinned:MODEL`); needs a judge.",
+)
 @click.option("--pushgateway", metavar="URL", help="Push the run's metrics to this Prometheus Pushgateway.")
 @click.option("--metrics-port", type=int, help="Serve the latest runs' metrics on this port (with --every).")
 @click.option("--concurrency", type=int, help="Requests in flight to the target (default 8).")
@@ -241,6 +265,7 @@ def run(
     model: str | None,
     every: str | None,
     history_path: str | None,
+    baseline: str | None,
     pushgateway: str | None,
     metrics_port: int | None,
     concurrency: int | None,
@@ -274,8 +299,12 @@ def run(
     served = SentinelMetrics()
     server = _serve_metrics(config, history, served)
 
+    if baseline is not None and config.judge_config() is None:
+        raise click.UsageError("--baseline judges answers head to head: configure sentinel.judge first")
+
     async def once() -> RunRecord:
-        record = await _run_once(config, set_dir, target, model, progress=not no_progress)
+        base = _resolve_run(history, baseline, model) if baseline is not None else None
+        record = await _run_once(config, set_dir, target, model, base, progress=not no_progress)
         _store_run(config, record, history, served, output_path)
         return record
 
@@ -338,13 +367,21 @@ def _serve_metrics(config: SentinelConfig, history: History, served: SentinelMet
 
 
 async def _run_once(
-    config: SentinelConfig, set_dir: str, target: str, model: str | None, *, progress: bool
+    config: SentinelConfig,
+    set_dir: str,
+    target: str,
+    model: str | None,
+    baseline: RunRecord | None,
+    *,
+    progress: bool,
 ) -> RunRecord:
     from shadowtap.sentinel.run import Target, run_set
     from shadowtap.sentinel.sets import read_set
 
     current = read_set(set_dir)
-    return await run_set(current, config, Target(target, model, config.sentinel.api_key), progress=progress)
+    return await run_set(
+        current, config, Target(target, model, config.sentinel.api_key), baseline=baseline, progress=progress
+    )
 
 
 def _store_run(
@@ -365,6 +402,9 @@ def _store_run(
     shown.print(run_table(record))
     if record["errors"]:
         shown.print(f"[yellow]{record['errors']} example(s) got no answer from {record['target']}[/]")
+    judge = record.get("head_to_head")
+    if judge:
+        click.echo(_judge_line(judge))
     if output_path:
         Path(output_path).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     if settings.pushgateway:
@@ -395,9 +435,39 @@ def _load_run(history: History, ref: str) -> RunRecord:
     return record
 
 
+def _judge_line(judge: dict[str, Any] | Any) -> str:
+    """The head-to-head judge's figures in one line: verdicts, flips, calibration."""
+    flagged = " FLAGGED: over the allowed share, its verdicts go to human review" if judge["flagged"] else ""
+    return (
+        f"judge {judge['judge_model']} vs baseline run {judge['baseline_run']}: {judge['wins']} better, "
+        f"{judge['ties']} tie, {judge['losses']} worse; flips {judge['flips']} of {judge['judged']} "
+        f"({judge['flip_share']:.1%}, allowed {judge['max_flip_share']:.0%}){flagged}; {judge['calibration']}"
+    )
+
+
+def _resolve_run(history: History, ref: str, model: str | None) -> RunRecord:
+    """A run id, a run .json, `pinned` (the pinned run of `model`) or `pinned:MODEL`."""
+    if ref == "pinned" or ref.startswith("pinned:"):
+        pinned_model = ref.partition(":")[2] or model
+        if not pinned_model:
+            raise NotComparable(
+                "`pinned` needs a model: give --baseline-model M (or --model) or pinned:MODEL"
+            )
+        found = history.pinned(pinned_model)
+        if found is None:
+            raise NotComparable(
+                f"no pinned baseline for model {pinned_model!r} in {history.path} (`sentinel pin RUN` names one)"
+            )
+        return found
+    return _load_run(history, ref)
+
+
 @sentinel.command()
 @click.option(
-    "--baseline", metavar="RUN", help="Baseline run: a run id from the history, or a run record .json."
+    "--baseline",
+    metavar="RUN",
+    help="Baseline run: a run id, a run record .json, or `pinned` (the pinned run of --baseline-model, "
+    "else of the candidate's model).",
 )
 @click.option(
     "--candidate", metavar="RUN", help="Candidate run: a run id from the history, or a run record .json."
@@ -409,7 +479,16 @@ def _load_run(history: History, ref: str) -> RunRecord:
     metavar="V",
     help="With the model options: the set version (default: the candidate's latest).",
 )
-@click.option("--threshold", type=float, help="Points a failure mode may drop before it counts (default 5).")
+@click.option(
+    "--threshold",
+    type=float,
+    help="The drop (points) the set is sized to catch; shown beside each mode (default 5).",
+)
+@click.option(
+    "--allow-revision-change",
+    is_flag=True,
+    help="Gate runs of one model name that report different revisions (another model under the same name).",
+)
 @click.option(
     "--history",
     "history_path",
@@ -434,21 +513,22 @@ def gate(
     candidate_model: str | None,
     set_version: str | None,
     threshold: float | None,
+    allow_revision_change: bool,
     history_path: str | None,
     review_path: str | None,
     pushgateway: str | None,
     output_path: str | None,
     config_file: str | None,
 ) -> None:
-    """Compare a candidate run with a baseline; exit 1 when a failure mode regresses beyond noise."""
+    """Compare a candidate run with a baseline; exit 1 when a failure mode regresses beyond chance."""
     from shadowtap.errors import GateError
     from shadowtap.sentinel.gate import compare_runs
     from shadowtap.sentinel.history import History
     from shadowtap.sentinel.render import console, gate_table
 
-    if (baseline is None) == (baseline_model is None) or (candidate is None) == (candidate_model is None):
+    if (baseline is None and baseline_model is None) or (candidate is None) == (candidate_model is None):
         raise click.UsageError(
-            "give --baseline RUN or --baseline-model M, and --candidate RUN or --candidate-model M"
+            "give --baseline RUN (or pinned) or --baseline-model M, and --candidate RUN or --candidate-model M"
         )
     config = _config(
         config_file,
@@ -465,16 +545,52 @@ def gate(
         )
     history = History(config.history_path)
     cand = _gate_run(history, candidate, candidate_model, set_version)
-    base = _gate_run(history, baseline, baseline_model, set_version or cand["set_version"])
+    base = _gate_baseline(history, baseline, baseline_model, cand, set_version)
     try:
-        decision = compare_runs(base, cand, config.sentinel)
+        decision = compare_runs(
+            base,
+            cand,
+            config.sentinel,
+            review_segments=_review_segments(config, cand),
+            allow_revision_change=allow_revision_change,
+        )
     except GateError as exc:
         raise NotComparable(str(exc)) from None
     console().print(gate_table(decision, base, cand))
+    if decision.get("judge"):
+        click.echo(_judge_line(decision["judge"]))
+    for warning in decision["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     _publish_gate(config, history, decision, output_path)
     if decision["regressions"]:
         _fail_gate(config, decision, base, cand)
-    click.echo("gate: pass: no failure mode regressed beyond its threshold and noise")
+    _queue_routed(config, decision, base, cand)
+    click.echo(
+        "gate: pass: no failure mode dropped beyond chance (one-sided paired tests, Holm, family-wise "
+        f"alpha {decision['alpha']:g})"
+    )
+
+
+def _review_segments(config: SentinelConfig, cand: RunRecord) -> frozenset[str]:
+    """Segments where the calibrated judge agrees with humans less than the floor."""
+    from shadowtap.scorers.calibration import load_calibration, low_agreement_segments
+
+    return low_agreement_segments(
+        load_calibration(config.calibration_path),
+        cand.get("judge_model"),
+        cand.get("prompt_template_hash"),
+        config.sentinel.judge_agreement_floor,
+    )
+
+
+def _queue_routed(config: SentinelConfig, decision: GateDecision, base: RunRecord, cand: RunRecord) -> None:
+    """On a pass, judge-decided losses routed to review (not the gate) still go to the review queue."""
+    from shadowtap.sentinel.gate import append_review, regressed_examples
+
+    items = regressed_examples(decision, base, cand)
+    if items:
+        append_review(config.review_path, items)
+        click.echo(f"{len(items)} judge verdict(s) routed to human review in {config.review_path}")
 
 
 def _gate_run(history: History, ref: str | None, model: str | None, set_version: str | None) -> RunRecord:
@@ -487,6 +603,26 @@ def _gate_run(history: History, ref: str | None, model: str | None, set_version:
         on_set = f" on set {set_version}" if set_version is not None else ""
         raise NotComparable(f"no run of model {model!r}{on_set} in {history.path}")
     return found
+
+
+def _gate_baseline(
+    history: History, ref: str | None, model: str | None, cand: RunRecord, set_version: str | None
+) -> RunRecord:
+    """The baseline: a run, `pinned`, or the latest run of `model`; of the candidate's own model, the
+    latest run before the candidate (never the candidate itself)."""
+    if ref is not None:
+        return _resolve_run(history, ref, model or cand["model"])
+    assert model is not None  # a run or a model (checked by the caller)
+    version = set_version or cand["set_version"]
+    if model == cand["model"]:
+        found = history.latest_run_before(model, version, cand["ts"])
+        if found is None:
+            raise NotComparable(
+                f"no run of model {model!r} on set {version} before {cand['run_id']} in {history.path} "
+                "(a run is not gated against itself)"
+            )
+        return found
+    return _gate_run(history, None, model, version)
 
 
 def _publish_gate(
@@ -522,6 +658,47 @@ def _fail_gate(config: SentinelConfig, decision: GateDecision, base: RunRecord, 
     click.echo(f"gate: FAIL: regressed: {names}")
     click.echo(f"{len(items)} regressed example(s) written to {config.review_path}")
     click.get_current_context().exit(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# pin
+
+
+@sentinel.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--model", metavar="M", help="Pin it as this model's baseline (default: the run's model).")
+@click.option(
+    "--history",
+    "history_path",
+    metavar="FILE",
+    help="SQLite history file (default DATA_DIR/sentinel.sqlite).",
+)
+@click.option("--config", "config_file", metavar="FILE", help=CONFIG_HELP)
+def pin(run_ref: str, model: str | None, history_path: str | None, config_file: str | None) -> None:
+    """Name RUN (a run id, or `latest` for --model's latest run) as a model's baseline: `gate --baseline
+    pinned` and `run --baseline pinned` use it, so production can be gated against its own earlier run."""
+    from shadowtap.sentinel.history import History
+
+    config = _config(config_file, {"history": history_path})
+    if not config.history_path.exists():
+        raise click.ClickException(f"no sentinel history at {config.history_path}")
+    history = History(config.history_path)
+    if run_ref == "latest":
+        if model is None:
+            raise click.UsageError("`latest` needs --model M")
+        record = history.latest_run(model)
+        if record is None:
+            raise click.ClickException(f"no run of model {model!r} in {history.path}")
+    else:
+        found = history.run(run_ref)
+        if found is None:
+            raise click.ClickException(f"no run {run_ref!r} in {history.path}")
+        record = found
+    pinned_model = model or record["model"]
+    history.pin(pinned_model, record["run_id"])
+    click.echo(
+        f"pinned run {record['run_id']} (set {record['set_version']}) as the baseline of {pinned_model}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Run history in a local SQLite file: every run record, its scores as rows, and every gate decision.
 
 One file, no server, readable with the `sqlite3` shell: `runs` (one row per run, the whole record as
-JSON), `scores` (one row per run × failure mode × stratum) and `gates`. The plot is drawn with
+JSON), `scores` (one row per run × failure mode × stratum), `gates`, and `pins` (each model's pinned
+baseline run, `sentinel pin`). The plot is drawn with
 matplotlib's Agg canvas (no display, no global pyplot state).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -52,6 +54,11 @@ CREATE TABLE IF NOT EXISTS gates (
     candidate_run TEXT NOT NULL,
     regressed INTEGER NOT NULL,
     result TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pins (
+    model TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    ts REAL NOT NULL
 );
 """
 
@@ -144,7 +151,33 @@ class History:
                 ),
             )
 
+    def pin(self, model: str, run_id: str) -> None:
+        """Name `run_id` as `model`'s baseline (replacing an earlier pin)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO pins VALUES (?, ?, ?) ON CONFLICT (model) DO UPDATE SET run_id = excluded.run_id, "
+                "ts = excluded.ts",
+                (model, run_id, time.time()),
+            )
+
     # -- reading ------------------------------------------------------------------------------------
+
+    def pinned(self, model: str) -> RunRecord | None:
+        """`model`'s pinned baseline run, or None."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT r.record FROM pins p JOIN runs r USING (run_id) WHERE p.model = ?", (model,)
+            ).fetchone()
+        return read_run(row["record"]) if row else None
+
+    def latest_run_before(self, model: str, set_version: str, ts: float) -> RunRecord | None:
+        """The latest run of `model` on `set_version` that started before `ts`."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT record FROM runs WHERE model = ? AND set_version = ? AND ts < ? ORDER BY ts DESC LIMIT 1",
+                (model, set_version, ts),
+            ).fetchone()
+        return read_run(row["record"]) if row else None
 
     def run(self, run_id: str) -> RunRecord | None:
         with self._connect() as db:

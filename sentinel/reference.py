@@ -1,11 +1,12 @@
-"""Scorers that compare an answer with the set's references, beside the production scorers.
+"""The scorer that compares an answer with the set's labelled expected answer, beside the production scorers.
 
-Where a human has filled in an example's `expected` answer, `ReferenceMatchScorer` checks the answer
-against it (exact, normalised, contains, or numeric match), so factual and reasoning errors are
-measured where ground truth exists. Elsewhere `JudgeReferenceScorer` asks the judge model whether the
-answer is at least as good as the reference (the answer production gave when the set was built).
+Where a human has filled in an example's `expected` answer (or a reasoning probe knows it by
+construction), `ReferenceMatchScorer` checks the answer against it (exact, normalised, contains, or
+numeric match), so factual and reasoning errors are measured where ground truth exists. The judge is
+not asked against the reference production wrote itself (that reference ties with itself by
+construction); it compares runs head to head (headtohead.py).
 
-Both read a sentinel pair: a pair record whose `primary` side is the reference, whose `candidate` side
+It reads a sentinel pair: a pair record whose `primary` side is the reference, whose `candidate` side
 is the replayed answer, and whose `sentinel` object carries `expected`, `match` and `tolerance`.
 """
 
@@ -17,7 +18,6 @@ from typing import Any, ClassVar
 
 from shadowtap.records import PairRecord, Score
 from shadowtap.scorers.base import side_text
-from shadowtap.scorers.judge import JudgeScorer
 from shadowtap.sentinel.dedup import normalise_text
 from shadowtap.sentinel.replay import sentinel_labels
 
@@ -113,33 +113,3 @@ class ReferenceMatchScorer:
         ok, detail = matches(answer, expected, method, labels.get("tolerance"))
         outcome = "match" if ok else "mismatch"
         return [Score(self.name, "candidate", outcome, 1.0 if ok else 0.0, {"method": method, **detail})]
-
-
-_JUDGE_OUTCOMES = {"candidate_win": "answer_better", "tie": "tie", "primary_win": "reference_better"}
-
-
-class JudgeReferenceScorer:
-    """Is the answer at least as good as the reference? Asked of the judge, in both orders.
-
-    Only for examples without an `expected` label (those are scored by `ReferenceMatchScorer`).
-    `value` is +1 when the answer is better, 0 for a tie, -1 when the reference is better.
-    """
-
-    name: ClassVar[str] = "judge_reference"
-    outcomes: ClassVar[frozenset[str]] = frozenset(_JUDGE_OUTCOMES.values())
-
-    def __init__(self, judge: JudgeScorer) -> None:
-        self.judge = judge
-
-    async def score(self, pair: PairRecord) -> list[Score]:
-        labels = sentinel_labels(pair)
-        if labels is not None and labels.get("expected") is not None:
-            return []
-        reference, answer = side_text(pair, "primary"), side_text(pair, "candidate")
-        if reference is None or answer is None:
-            return []
-        segment = (pair.get("tags") or {}).get("segment")
-        verdict = await self.judge.judge_against_reference(
-            pair.get("request") or {}, reference, answer, segment=segment
-        )
-        return [Score(self.name, "pair", _JUDGE_OUTCOMES[verdict.outcome], verdict.value, verdict.detail)]

@@ -14,6 +14,7 @@ from shadowtap.sentinel.summary import ALL_STRATA
 
 if TYPE_CHECKING:
     from shadowtap.sentinel.build import BuildResult
+    from shadowtap.sentinel.decision import Comparison
     from shadowtap.sentinel.gate import GateDecision
     from shadowtap.sentinel.history import ScoreRow
     from shadowtap.sentinel.run import RunRecord
@@ -23,10 +24,10 @@ __all__ = ["build_table", "console", "fmt", "gate_table", "history_table", "run_
 GATE_COLUMNS = (
     "failure mode",
     "stratum",
-    "baseline [95% CI]",
-    "candidate [95% CI]",
-    "change (points)",
-    "paired p",
+    "baseline",
+    "candidate",
+    "drop (points) [95% CI]",
+    "p (Holm)",
     "n",
     "verdict",
 )
@@ -74,8 +75,18 @@ def run_table(record: RunRecord) -> Table:
     return table
 
 
+def _verdict(c: Comparison) -> str:
+    if c["role"] == "diagnostic":
+        return "[dim]diagnostic (n < min cell)[/]"
+    if c["role"] == "review":
+        return "[yellow]to human review[/]"
+    if c["regressed"]:
+        return "[bold red]REGRESSED[/]"
+    return "ok"
+
+
 def gate_table(decision: GateDecision, baseline: RunRecord, candidate: RunRecord) -> Table:
-    """Every comparison of the decision, the regressed ones marked."""
+    """Every comparison of the decision: drop with its interval, Holm-adjusted p, role, verdict."""
     table = Table(
         title=f"sentinel gate: {baseline['model']} ({baseline['run_id']}) -> "
         f"{candidate['model']} ({candidate['run_id']}), set {decision['set_version']}"
@@ -85,18 +96,23 @@ def gate_table(decision: GateDecision, baseline: RunRecord, candidate: RunRecord
             column, justify="left" if column in ("failure mode", "stratum", "verdict") else "right"
         )
     for c in decision["comparisons"]:
-        b, n = c["baseline"], c["candidate"]
-        verdict = f"[bold red]REGRESSED[/] (> {c['threshold_points']:g})" if c["regressed"] else "ok"
+        low, high = c["interval_points"]
+        adjusted = "-" if c["p_adjusted"] is None else f"{c['p_adjusted']:.3g}"
         table.add_row(
             c["failure_mode"],
             c["stratum"],
-            fmt(b["score"], b["lower"], b["upper"]),
-            fmt(n["score"], n["lower"], n["upper"]),
-            f"{-c['drop_points']:+.1f}",
-            f"{c['p_value']:.3g}",
-            str(n["count"]),
-            verdict,
+            f"{c['baseline_score']:.3f}",
+            f"{c['candidate_score']:.3f}",
+            f"{c['drop_points']:+.1f} [{low:+.1f}, {high:+.1f}]",
+            f"{c['p_value']:.3g} ({adjusted})",
+            str(c["paired"]),
+            _verdict(c),
         )
+    table.caption = (
+        "drop = baseline - candidate (positive: worse); blocks when the one-sided paired test rejects at "
+        f"family-wise alpha {decision['alpha']:g} (Holm) and the drop is at least "
+        f"{decision['rule']['min_drop_points']:g} point(s); cells gate from {decision['rule']['min_cell']} examples"
+    )
     return table
 
 

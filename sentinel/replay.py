@@ -9,8 +9,10 @@ example's labels under `sentinel` for the reference scorers.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
@@ -92,6 +94,8 @@ class Replayer:
         self.settings = config.sentinel
         self.target = target
         self.jitter = random.Random()
+        # The `system_fingerprint`s the target reported (its model revision, where it reports one).
+        self.revisions: Counter[str] = Counter()
 
     async def replay(self, row: SetRow) -> tuple[dict[str, Any], SideResult, int]:
         """(the body sent, what came back, attempts made)."""
@@ -125,8 +129,18 @@ class Replayer:
         assembler.feed(response.content, time.perf_counter())
         result = assembler.finish(SideResult(status=response.status_code), time.perf_counter(), route)
         if response.status_code not in RETRY_STATUSES:
+            self._note_revision(response.content)
             return result, False, None
         return result, True, retry_after_s(response)
+
+    def _note_revision(self, content: bytes) -> None:
+        try:
+            doc = json.loads(content)
+        except ValueError:
+            return
+        revision = doc.get("system_fingerprint") if isinstance(doc, dict) else None
+        if isinstance(revision, str) and revision:
+            self.revisions[revision] += 1
 
 
 def sentinel_pair(row: SetRow, body: dict[str, Any], answer: SideResult, set_version: str) -> SentinelPair:

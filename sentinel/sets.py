@@ -45,6 +45,8 @@ class SetRow(TypedDict):
     expected: NotRequired[Expected | None]
     match: NotRequired[str | None]
     tolerance: NotRequired[float]
+    masked_input: NotRequired[bool]  # written only when true: masking changed the request replayed
+    probe: NotRequired[str]  # a generated reasoning probe: its kind (sentinel/probes.py)
 
 
 class Cell(TypedDict):

@@ -44,6 +44,12 @@ class SentinelConfig:
         )
 
     @property
+    def calibration_path(self) -> Path:
+        """The judge calibration record (`shadowtap judge calibrate` writes it)."""
+        configured = self.sentinel.judge_calibration
+        return Path(configured) if configured else self.data_dir / "judge-calibration.json"
+
+    @property
     def sets_dir(self) -> Path:
         return Path(self.sentinel.sets_dir) if self.sentinel.sets_dir else self.data_dir / "sentinel-sets"
 

@@ -368,6 +368,14 @@ class SentinelSettings(_Section):
     threshold_points: float = Field(default=5.0, ge=0)
     thresholds: dict[str, float] = Field(default_factory=dict)
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_gating_cell: int = Field(default=30, ge=1)
+    min_drop_points: float = Field(default=1.0, ge=0)
+    power: float = Field(default=0.8, gt=0, lt=1)
+    expected_discordance: float = Field(default=0.25, gt=0, le=1)
+    gate_masked_inputs: bool = False
+    judge_max_flip_share: float = Field(default=0.2, ge=0, le=1)
+    judge_agreement_floor: float = Field(default=0.7, ge=0, le=1)
+    judge_calibration: str | None = None
     pushgateway: str | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

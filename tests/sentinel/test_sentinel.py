@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shadowtap.config import load_settings
-from shadowtap.errors import SetError, SetExistsError
+from shadowtap.errors import GateError, SetError, SetExistsError
 from shadowtap.records import PairRecord
 from shadowtap.request_text import last_user_text
 from shadowtap.sentinel.build import BuildResult, build_set, read_labels, rebuild_set
@@ -371,8 +371,11 @@ def test_noise_level_differences_do_not_fail_the_gate(world: dict[str, Any]) -> 
     assert decision["regressions"] == []
     billing = _comparison(decision, "not_refused", "billing")
     assert billing["drop_points"] > settings.threshold_points  # a visible drop ...
-    assert billing["intervals_overlap"] and billing["p_value"] > settings.alpha  # ... that is noise
-    assert compare_runs(runs["prod-v1"], runs["prod-v1"], settings)["regressions"] == []
+    assert billing["p_value"] > settings.alpha and not billing["regressed"]  # ... that is chance
+    low, high = billing["interval_points"]
+    assert low < 0 < high
+    with pytest.raises(GateError, match="same run"):
+        compare_runs(runs["prod-v1"], runs["prod-v1"], settings)
 
 
 def test_the_aggregate_is_weighted_by_traffic_not_by_the_set(world: dict[str, Any]) -> None:
@@ -459,7 +462,19 @@ def test_history_and_metrics_hold_every_run(world: dict[str, Any]) -> None:
     assert b'shadowtap_sentinel_score{failure_mode="not_refused",model="cand-bad"' in body
 
 
-async def test_reference_match_and_judge_against_the_reference(tmp_path: Path) -> None:
+def scripted_judge(route: str, body: dict[str, Any]) -> Reply:
+    """Prefers the answer without WRONG; on answers marked FLIP always picks A (a position-biased judge)."""
+    prompt = body["messages"][-1]["content"]
+    a = prompt.split("[The Start of Answer A]")[1].split("[The End of Answer A]")[0]
+    b = prompt.split("[The Start of Answer B]")[1].split("[The End of Answer B]")[0]
+    if "FLIP" in a + b:
+        winner = "A"
+    else:
+        winner = "B" if "WRONG" in a else "A" if "WRONG" in b else "tie"
+    return Reply(text=json.dumps({"winner": winner, "reason": "scripted"}))
+
+
+async def test_reference_match_and_the_judge_head_to_head_against_the_baseline_run(tmp_path: Path) -> None:
     pairs_path = tmp_path / "pairs.jsonl"
     write_pairs(pairs_path, {"general": 8})
     original = build(tmp_path, pairs_path, min_per_cell=8, size=8).set
@@ -468,39 +483,57 @@ async def test_reference_match_and_judge_against_the_reference(tmp_path: Path) -
     labels.write_text("".join(json.dumps({"id": r["id"], "expected": "1,234.5"}) + "\n" for r in labelled))
     config = sentinel_config(tmp_path)
     built = rebuild_set(original.path, sets_dir=config.sets_dir, labels=read_labels(labels)).set
-    right = {
-        labelled[0]["request"]["messages"][0]["content"],
-        labelled[1]["request"]["messages"][0]["content"],
-    }
-    unlabelled = [r["request"]["messages"][0]["content"] for r in original.rows[4:]]
+    texts = [r["request"]["messages"][0]["content"] for r in original.rows]
+    right = {texts[0], texts[1]}
 
-    def target(route: str, body: dict[str, Any]) -> Reply:
+    def baseline_target(route: str, body: dict[str, Any]) -> Reply:
+        text = last_user_text(body)
+        return Reply(
+            text="Adding it all up, the total comes to 1234.5" if text in right else "A fine answer."
+        )
+
+    def candidate_target(route: str, body: dict[str, Any]) -> Reply:
         text = last_user_text(body)
         if text in right:
-            return Reply(text="Adding it all up, the total comes to 1234.5")
-        if text == unlabelled[0]:
+            return Reply(text="Adding it all up, the total comes to 1234.5")  # identical: a tie, no call
+        if text == texts[4]:
             return Reply(text="WRONG and unhelpful")
-        return Reply(text="The total is 99." if text not in unlabelled else "A fine answer.")
+        if text == texts[5]:
+            return Reply(text="A FLIP of an answer")
+        return Reply(text="The total is 99." if text in {texts[2], texts[3]} else "A fine answer, reworded.")
 
-    def judge(route: str, body: dict[str, Any]) -> Reply:
-        prompt = body["messages"][-1]["content"]
-        a = prompt.split("[The Start of Answer A]")[1].split("[The End of Answer A]")[0]
-        b = prompt.split("[The Start of Answer B]")[1].split("[The End of Answer B]")[0]
-        winner = "B" if "WRONG" in a else "A" if "WRONG" in b else "tie"
-        return Reply(text=json.dumps({"winner": winner, "reason": "scripted"}))
-
-    judge_sim = SimulatedLLM("judge-model", judge)
-    with serve_in_thread(SimulatedLLM("target", target).app) as t, serve_in_thread(judge_sim.app) as j:
+    judge_sim = SimulatedLLM("judge-model", scripted_judge)
+    with (
+        serve_in_thread(SimulatedLLM("base", baseline_target).app) as b,
+        serve_in_thread(SimulatedLLM("cand", candidate_target).app) as c,
+        serve_in_thread(judge_sim.app) as j,
+    ):
         config = sentinel_config(
             tmp_path, judge={"base_url": j.base_url, "model": "judge-model", "backoff_base_s": 0}
         )
-        record = await run_set(built, config, Target(t.base_url, "cand"), progress=False)
+        base = await run_set(built, config, Target(b.base_url, "prod"), progress=False)
+        assert base["head_to_head"] is None and not judge_sim.received  # no baseline: nothing to judge
+        record = await run_set(built, config, Target(c.base_url, "cand"), baseline=base, progress=False)
     all_rows = {r["failure_mode"]: r for r in record["results"] if r["stratum"] == "all"}
     assert all_rows["reference_match"]["score"] == 0.5 and all_rows["reference_match"]["count"] == 4
-    assert all_rows["judge_not_worse"]["score"] == 0.75 and all_rows["judge_not_worse"]["count"] == 4
-    assert all_rows["judge_preference"]["score"] == pytest.approx(-0.25)
+    judge = record["head_to_head"]
+    assert judge is not None and judge["baseline_run"] == base["run_id"]
+    # 8 judged: 2 identical (ties without a call), 2 numeric answers reworded and 2 plain ones (ties),
+    # one WRONG (a loss) and one that flips with the order.
+    assert (judge["wins"], judge["ties"], judge["losses"], judge["flips"], judge["judged"]) == (0, 6, 1, 1, 8)
+    assert judge["flip_share"] == pytest.approx(1 / 8) and not judge["flagged"]  # 12.5% <= 20%
+    assert judge["calibration"].startswith("uncalibrated")
+    assert all_rows["judge_vs_baseline"]["count"] == 7  # the flip is left out, not counted as a tie
+    assert all_rows["judge_vs_baseline"]["score"] == pytest.approx(-1 / 7)
+    assert len(judge_sim.received) == 2 * 6  # both orders, for each example whose answers differ
+    flipped = next(e for e in record["examples"] if e["answer"] == "A FLIP of an answer")
+    assert flipped["judge"] == {
+        "outcome": "flip",
+        "length_ratio": pytest.approx(19 / 14, abs=1e-3),
+        "identical": False,
+    }
     assert record["judge_model"] == "judge-model" and record["prompt_template_hash"]
-    assert len(judge_sim.received) == 2 * 4  # both orders, for each unlabelled example
+    assert record["scorer_code"]["scorers"].keys() >= {"format", "refusal", "reference_match", "judge"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -552,7 +585,7 @@ def test_cli_build_run_gate_history(tmp_path: Path) -> None:
     same = cli.invoke(
         sentinel, ["gate", "--baseline-model", "prod-v1", "--candidate-model", "prod-v1", *data]
     )
-    assert same.exit_code == 0, same.output
+    assert same.exit_code == 2 and "not gated against itself" in same.output, same.output
 
     plot = tmp_path / "history.png"
     shown = cli.invoke(sentinel, ["history", "--plot", str(plot), *data])
