@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
 from shadowtap.records import SIDES, PairRecord, ScoreRecord, jsonl_lines, score_key
+from shadowtap.report.feedback import FeedbackStats, feedback_stats, read_feedback_rows
 from shadowtap.report.findings import Finding, Verdict, find_changes
 from shadowtap.report.numbers import Rate
 from shadowtap.report.segments import Mode, SegmentStats, add_pair, add_score, sub_record
@@ -46,6 +47,8 @@ class Report:
     # (segment, failure mode) -> "worse" or "better", only where the difference is clear.
     verdicts: dict[tuple[str, Mode], Verdict]
     clean_segments: list[str]
+    # Production signals per segment (and "all"); empty without feedback.jsonl records.
+    feedback: dict[str, FeedbackStats] = field(default_factory=dict)
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -141,6 +144,11 @@ def build_report(data_dir: str | Path) -> Report:
     stamps = sorted(str(p["ts"]) for p in pairs if p.get("ts"))
     findings, verdicts = find_changes(segments, overall)
     flagged = {segment for (segment, _), v in verdicts.items() if v == "worse"}
+    judged = {
+        str(s["pair_id"]): str(s["outcome"])
+        for s in scores.values()
+        if (s["scorer"], s["side"]) == ("judge", "pair")
+    }
     return Report(
         data_dir=data_dir,
         paths=paths,
@@ -157,4 +165,5 @@ def build_report(data_dir: str | Path) -> Report:
         findings=findings,
         verdicts=verdicts,
         clean_segments=[s.segment for s in segments if s.segment not in flagged],
+        feedback=feedback_stats(pairs, read_feedback_rows(data_dir / "feedback.jsonl"), judged),
     )

@@ -151,6 +151,21 @@ def _latency(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
     )
 
 
+def _signals(report: Report, s: SegmentStats) -> tuple[Cell, ...] | None:
+    stats = report.feedback.get(s.segment)
+    if stats is None:
+        return None
+    counts = ", ".join(f"{signal} {n}" for signal, n in stats.signals.most_common()) or "–"
+    if stats.unmirrored:
+        counts += f" ({stats.unmirrored} on answers not mirrored)"
+    return (
+        RateCell(stats.retry_rate),
+        RateCell(stats.thumbs_down_rate),
+        RateCell(stats.candidate_wins_when_disliked),
+        TextCell(counts),
+    )
+
+
 RowCells = Callable[[Report, SegmentStats], tuple[Cell, ...] | None]
 
 # key: (title, columns, the cells of a segment's row after its name, or None where it has no row)
@@ -186,6 +201,12 @@ TABLES: dict[str, tuple[str, tuple[str, ...], RowCells]] = {
         "Judge: which answer is better (each pair judged in both orders; a verdict that flips is a tie)",
         ("segment", "candidate wins", "ties", "primary wins", "order flips", "verdict"),
         _judge,
+    ),
+    "signals": (
+        "Production signals on the primary: retried and thumbs-down answers per mirrored request; on the "
+        "pairs users disliked, the judge's candidate win rate",
+        ("segment", "retried", "thumbs-down", "candidate wins where disliked", "feedback records"),
+        _signals,
     ),
     "latency": (
         "Latency (ms, primary → candidate; TTFT of streamed answers) and answer length",

@@ -152,6 +152,23 @@ def summary_lines(report: Report) -> list[SummaryLine]:
     return lines
 
 
+def signal_lines(report: Report) -> list[SummaryLine]:
+    """What users' own signals say: the question a team asks before cutover."""
+    stats = report.feedback.get("all")
+    if stats is None:
+        return []
+    disliked = stats.candidate_wins_when_disliked
+    retried, down = stats.retry_rate, stats.thumbs_down_rate
+    said = f"Users retried {retried.text()} and gave a thumbs-down to {down.text()} of the primary's mirrored answers"
+    if disliked.n:
+        said += f"; on the pairs users disliked, the judge preferred the candidate in {disliked.text()}."
+    elif stats.disliked:
+        said += "; none of the pairs users disliked was judged (enable the judge scorer to see the candidate on them)."
+    else:
+        said += "."
+    return [SummaryLine(said, "caution")]
+
+
 def where_lines(report: Report) -> list[str]:
     reasons = ", ".join(f"{r} {n}" for r, n in report.review_reasons.most_common())
     lines = [
@@ -208,7 +225,7 @@ def build_view(report: Report) -> ReportView:
         data_dir=str(report.data_dir),
         simulated=report.simulated,
         headline=headline(report),
-        summary=tuple(summary_lines(report)),
+        summary=tuple(summary_lines(report) + signal_lines(report)),
         tables=tables(report),
         where=tuple(where_lines(report)),
         judge_shares=_judge_shares(report),
