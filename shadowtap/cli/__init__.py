@@ -26,12 +26,13 @@ def main(verbose: bool) -> None:
 
 def _register_subcommands() -> None:
     from shadowtap.cli.demo import demo_command, report_command
+    from shadowtap.cli.judge import judge_group
     from shadowtap.cli.review import review_command
     from shadowtap.cli.score import score
     from shadowtap.cli.serve import serve
     from shadowtap.sentinel.cli import sentinel
 
-    for command in (serve, score, sentinel, demo_command, report_command, review_command):
+    for command in (serve, score, sentinel, judge_group, demo_command, report_command, review_command):
         main.add_command(command)
 
 

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import pytest
 
-from shadowtap.stats import Z_95, bootstrap_mean, overlap, sign_test, weighted_estimate, wilson
+from shadowtap.stats import (
+    Z_95,
+    PairedCounts,
+    bootstrap_mean,
+    design_effect,
+    detectable_drop,
+    drop_p_value,
+    holm,
+    mcnemar_size,
+    overlap,
+    paired_drop_interval,
+    sign_test,
+    sign_test_greater,
+    stratified_drop,
+    stratified_drop_interval,
+    weighted_estimate,
+    wilson,
+    z_quantile,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Wilson interval
@@ -156,3 +175,98 @@ def test_overlap_of_intervals() -> None:
     assert not overlap((0.1, 0.3), (0.4, 0.9))
     assert not overlap((0.4, 0.9), (0.1, 0.3))
     assert overlap(None, (0.4, 0.9)) and overlap((0.1, 0.3), None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The gate's statistics
+
+
+def test_wilson_matches_newcombes_published_intervals() -> None:
+    # Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3 (score interval).
+    for (successes, n), expected in (
+        ((81, 263), (0.2553, 0.3662)),
+        ((15, 148), (0.0624, 0.1605)),
+        ((0, 20), (0.0, 0.1611)),
+        ((1, 29), (0.0061, 0.1718)),
+    ):
+        assert wilson(successes, n) == pytest.approx(expected, abs=1e-4)
+
+
+def test_normal_quantiles_match_the_tables() -> None:
+    assert z_quantile(0.975) == pytest.approx(Z_95, abs=1e-12)
+    assert z_quantile(0.95) == pytest.approx(1.644854, abs=1e-6)
+    assert z_quantile(0.8) == pytest.approx(0.841621, abs=1e-6)
+    assert z_quantile(0.995) == pytest.approx(2.575829, abs=1e-6)
+
+
+def test_paired_drop_interval_matches_agrestis_approval_ratings() -> None:
+    # Agresti, Categorical Data Analysis (2nd ed.), 10.1.1: 1600 people rated the prime minister twice;
+    # 150 approved then disapproved, 86 the reverse. Drop 0.04, 95% interval (0.021, 0.059).
+    counts = PairedCounts(1600, better=86, worse=150)
+    assert counts.drop == pytest.approx(0.04)
+    assert paired_drop_interval(counts) == pytest.approx((0.021, 0.059), abs=1e-3)
+
+
+def test_paired_drop_interval_never_has_zero_width() -> None:
+    # No discordant pair at all (every value equal), n = 1 and n = 30: Agresti-Min keeps a width of about
+    # ±z/(n + 2), where a percentile bootstrap collapses to a point.
+    for n in (1, 30):
+        low, high = paired_drop_interval(PairedCounts(n, 0, 0))
+        assert low == pytest.approx(-Z_95 / (n + 2), rel=1e-3) and high == pytest.approx(
+            Z_95 / (n + 2), rel=1e-3
+        )
+    low, high = paired_drop_interval(PairedCounts(30, 0, 30))  # every example worse
+    assert 0.8 < low < high <= 1.0
+
+
+def test_stratified_drop_weights_strata_and_reduces_to_one_stratum() -> None:
+    one = PairedCounts(40, 2, 6)
+    assert stratified_drop_interval([(1.0, one)]) == pytest.approx(paired_drop_interval(one))
+    a, b = PairedCounts(100, 5, 15), PairedCounts(30, 0, 0)
+    found = stratified_drop([(3.0, a), (1.0, b), (2.0, PairedCounts(0, 0, 0))])
+    assert found is not None
+    assert found.estimate == pytest.approx(0.75 * 0.10 + 0.25 * 0.0)
+    # Agresti-Min per stratum: a (15.5 - 5.5) / 102, b 0; variances (p_w + p_b - d^2) / (n + 2).
+    d_a = 10 / 102
+    var_a = (15.5 / 102 + 5.5 / 102 - d_a**2) / 102
+    var_b = (1 / 32) / 32
+    assert found.adjusted == pytest.approx(0.75 * d_a)
+    assert found.se == pytest.approx(math.sqrt(0.75**2 * var_a + 0.25**2 * var_b))
+    assert stratified_drop([(1.0, PairedCounts(0, 0, 0))]) is None
+
+
+def test_one_sided_p_values() -> None:
+    # Exact within one stratum: 7 of 7 discordant pairs worse: 1 / 2^7.
+    assert drop_p_value([(1.0, PairedCounts(30, 0, 7))]) == pytest.approx(1 / 128)
+    assert sign_test_greater(4, 0) == pytest.approx(1 / 16)
+    assert sign_test_greater(8, 2) == pytest.approx((45 + 10 + 1) / 1024)
+    assert sign_test_greater(0, 0) == 1.0
+    # Across strata: the adjusted Wald statistic against the normal.
+    strata = [(0.5, PairedCounts(100, 2, 12)), (0.5, PairedCounts(100, 3, 9))]
+    found = stratified_drop(strata)
+    assert found is not None
+    assert drop_p_value(strata) == pytest.approx(1 - NormalDist().cdf(found.adjusted / found.se))
+    assert drop_p_value([(0.5, PairedCounts(100, 12, 2)), (0.5, PairedCounts(100, 9, 3))]) > 0.99
+
+
+def test_holm_adjusts_step_down() -> None:
+    # Sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005, 3 x 0.01, 2 x 0.03, max(1 x 0.04, 0.06): in given order.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert holm([]) == []
+
+
+def test_mcnemar_size_follows_connor() -> None:
+    # Connor (1987): n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2, one-sided alpha 0.05,
+    # power 0.8, discordance 0.2, drop 0.05: (1.64485 * 0.44721 + 0.84162 * 0.44441)^2 / 0.0025 = 492.5.
+    assert mcnemar_size(0.05, 0.2, 0.05, 0.8) == 493
+    drop = detectable_drop(493, 0.2, 0.05, 0.8)
+    assert drop is not None and drop == pytest.approx(0.05, abs=2e-4)
+    with pytest.raises(ValueError, match="drop"):
+        mcnemar_size(0.3, 0.2, 0.05, 0.8)
+
+
+def test_design_effect_of_weighting_by_traffic() -> None:
+    assert design_effect({"a": 0.5, "b": 0.5}, {"a": 50, "b": 50}) == pytest.approx(1.0)
+    # 90% of traffic in a, but half the set: 0.9^2 / 0.5 + 0.1^2 / 0.5 = 1.64.
+    assert design_effect({"a": 0.9, "b": 0.1}, {"a": 50, "b": 50}) == pytest.approx(1.64)
