@@ -81,6 +81,11 @@ def sentinel() -> None:
     help='JSONL of {"id", "expected", "match"?, "tolerance"?}: labelled expected answers.',
 )
 @click.option(
+    "--probes",
+    type=click.Choice(["reasoning"]),
+    help="Generate a probe set instead: reasoning (inferences with known answers; --size, --seed).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     help="Set directory to write (default: SETS_DIR/<version>). Never overwritten.",
@@ -107,6 +112,7 @@ def build(
     bootstrap_servers: str | None,
     from_set: str | None,
     labels: str | None,
+    probes: str | None,
     out: str | None,
     strata: str | None,
     size: int | None,
@@ -121,8 +127,10 @@ def build(
     from shadowtap.errors import SetError
     from shadowtap.sentinel.build import build_set, read_labels, rebuild_set
 
-    if len([s for s in (input_path, kafka_topic, from_set) if s]) != 1:
-        raise click.UsageError("give exactly one of --input FILE, --kafka-topic TOPIC or --from-set DIR")
+    if len([s for s in (input_path, kafka_topic, from_set, probes) if s]) != 1:
+        raise click.UsageError(
+            "give exactly one of --input FILE, --kafka-topic TOPIC, --from-set DIR or --probes KIND"
+        )
     config = _config(
         config_file,
         {
@@ -136,7 +144,9 @@ def build(
     try:
         label_map = read_labels(Path(labels)) if labels else None
         out_dir = Path(out) if out else None
-        if from_set:
+        if probes:
+            result = _build_probes(config, out_dir)
+        elif from_set:
             result = rebuild_set(Path(from_set), sets_dir=config.sets_dir, out=out_dir, labels=label_map)
         else:
             records, source = _pair_source(config, input_path, kafka_topic, bootstrap_servers)
@@ -154,6 +164,15 @@ def build(
     except (SetError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     _report_build(result, config)
+
+
+def _build_probes(config: SentinelConfig, out: Path | None) -> BuildResult:
+    from shadowtap.sentinel.build import BuildResult
+    from shadowtap.sentinel.probes import build_probe_set
+
+    settings = config.sentinel
+    built, created = build_probe_set(settings.size, settings.seed, sets_dir=config.sets_dir, out=out)
+    return BuildResult(built, created, read=len(built.rows))
 
 
 def _pair_source(

@@ -49,6 +49,9 @@ __all__ = [
 REVIEW_REASON = "sentinel_regression"
 JUDGE_MODE = "judge_vs_baseline"
 DECODING_KEYS = ("temperature", "seed", "max_tokens")
+# Modes with a threshold of their own unless `sentinel.thresholds` names one: exact answers on generated
+# probes hardly vary between runs, so a smaller drop is within reach.
+MODE_THRESHOLDS = {"reasoning_correct": 3.0}
 
 
 class Regression(TypedDict):
@@ -157,7 +160,7 @@ def rule_from_settings(settings: SentinelSettings, threshold_points: float | Non
         min_cell=settings.min_gating_cell,
         min_drop_points=settings.min_drop_points,
         threshold_points=threshold_points if threshold_points is not None else settings.threshold_points,
-        thresholds=dict(settings.thresholds),
+        thresholds={**MODE_THRESHOLDS, **settings.thresholds},
     )
 
 

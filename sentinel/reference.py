@@ -21,7 +21,7 @@ from shadowtap.scorers.base import side_text
 from shadowtap.sentinel.dedup import normalise_text
 from shadowtap.sentinel.replay import sentinel_labels
 
-MATCH_METHODS = ("exact", "normalised", "contains", "numeric")
+MATCH_METHODS = ("exact", "normalised", "contains", "numeric", "last_line")
 DEFAULT_REL_TOLERANCE = 1e-6
 DEFAULT_ABS_TOLERANCE = 1e-9
 
@@ -71,12 +71,18 @@ def matches(
     """Whether `answer` matches `expected` by `method`, with what was compared (for the score detail).
 
     numeric: the last number in the answer (where a worked answer ends) equals the expected number
-    within `tolerance` (absolute), or a relative 1e-6 when none is given.
+    within `tolerance` (absolute), or a relative 1e-6 when none is given. last_line: the last non-empty
+    line, normalised and without a leading "answer:", equals the expected answer.
     """
     if method == "exact":
         return answer.strip() == str(expected).strip(), {}
     if method == "normalised":
         return normalise_answer(answer) == normalise_answer(str(expected)), {}
+    if method == "last_line":
+        lines = [line for line in answer.splitlines() if line.strip()]
+        final = normalise_answer(lines[-1]) if lines else ""
+        final = final.removeprefix("final answer ").removeprefix("answer ")
+        return final == normalise_answer(str(expected)), {}
     if method == "contains":
         wanted = normalise_answer(str(expected))
         return bool(wanted) and f" {wanted} " in f" {normalise_answer(answer)} ", {}
