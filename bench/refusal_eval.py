@@ -8,8 +8,9 @@ matrix of the learned detector,
   2. leave one source out: the detector retrained on the other sources' training parts, tested on the
      whole of the source left out (needs the `train` extra; skipped without it);
   3. on the non-English answers, the same two ways;
-then throughput on ~600-character answers (median of --runs runs): the cue grammar alone, and the
-learned detector (which runs the cue grammar first, as its features include the cue's verdict).
+then throughput on ~600-character answers (median of --runs runs, in this process's CPU time, so one
+core's rate): the cue grammar alone, and the learned detector (which runs the cue grammar first, as its
+features include the cue's verdict).
 
 Third-party sources are read from --data (see bench/train_refusal.py); without it only the sets in
 tests/data are used.
@@ -220,10 +221,11 @@ def speed_corpus(examples: Sequence[Example], answers: int) -> list[str]:
 def throughput(label: str, predict: Callable[[str], object], corpus: Sequence[str], runs: int) -> None:
     rates = []
     for _ in range(runs):
-        started = time.perf_counter()
+        # CPU time of this process: answers per second of one core, however busy the machine's others are.
+        started = time.process_time()
         for text in corpus:
             predict(text)
-        rates.append(len(corpus) / (time.perf_counter() - started))
+        rates.append(len(corpus) / (time.process_time() - started))
     mean_chars = statistics.fmean(len(text) for text in corpus)
     print(
         f"throughput, {label}: {statistics.median(rates):,.0f} answers/s on one core (median of {runs} runs "

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS_DATA = REPO / "tests" / "data"
 HELD_OUT_SHARE = 0.25
 MIN_FEATURE_COUNT = 3
-REGULARISATION_C = 4.0
+# Chosen by leave-one-source-out over the training parts only (0.25 to 8 all within 0.02 of F1).
+REGULARISATION_C = 1.0
 RBR_DIR = "safety-rbr-code-and-data"
 IN_REPO_SOURCES = {
     "shadowtap-labelled": "refusal_labelled.jsonl",

@@ -32,6 +32,7 @@ __all__ = [
     "WEIGHTS_PATH",
     "feature_names",
     "load_model",
+    "read_model",
     "save_model",
 ]
 
@@ -83,12 +84,14 @@ def feature_names(text: str, cue_label: str, cue_language: str | None) -> set[st
     if lead:
         head = head[lead.end() :]
     tokens = _TOKEN.findall(head)
-    names = {"w:" + token for token in tokens}
-    names.update(f"b:{first} {second}" for first, second in zip(tokens, tokens[1:], strict=False))
+    # Words and word pairs are named bare ("sorry", "i can't"): no token holds a space or a letter
+    # beside ":", so they never meet the prefixed names below, and building them stays in C.
+    names = set(tokens)
+    names.update(map(" ".join, zip(tokens, tokens[1:], strict=False)))
     opening = tokens[:OPENING_TOKENS]
     names.update("o:" + token for token in opening)
-    names.update(f"ob:{first} {second}" for first, second in zip(opening, opening[1:], strict=False))
-    names.update(f"ot:{a} {b} {c}" for a, b, c in zip(opening, opening[1:], opening[2:], strict=False))
+    names.update(map("o:{} {}".format, opening, opening[1:]))
+    names.update(map("o:{} {} {}".format, opening, opening[1:], opening[2:]))
     start = " ".join(head[:OPENING_CHARS].split())
     for size in CHAR_NGRAM_SIZES:
         names.update("c:" + start[i : i + size] for i in range(len(start) - size + 1))
