@@ -106,10 +106,23 @@ def models_text(models: Counter[str]) -> str:
     return ", ".join(models) if models else "?"
 
 
+def judge_calibration_text(report: Report) -> str:
+    """Beside the judge's name: its calibration against human labels (`shadowtap judge calibrate` writes
+    DATA_DIR/judge-calibration.json), or "uncalibrated"; nothing when nothing was judged."""
+    from shadowtap.scorers.calibration import calibration_status, load_calibration
+
+    if not report.models["judge"]:
+        return ""
+    judge = report.models["judge"].most_common(1)[0][0]
+    status = calibration_status(load_calibration(report.data_dir / "judge-calibration.json"), judge, None)
+    return f" ({status})"
+
+
 def headline(report: Report) -> str:
     return (
         f"{report.lines['pairs']} pairs · primary {models_text(report.models['primary'])} · candidate "
         f"{models_text(report.models['candidate'])} · judge {models_text(report.models['judge'])}"
+        + judge_calibration_text(report)
         + span_text(report)
     )
 

@@ -180,3 +180,35 @@ def test_model_families_and_the_own_family_warning() -> None:
     warnings = family_warnings("claude-3-5-sonnet", {"baseline": "claude-3-haiku", "candidate": "qwen2-7b"})
     assert len(warnings) == 1 and "baseline (claude-3-haiku)" in warnings[0]
     assert family_warnings("judge-x", {"baseline": "gpt-4o"}) == []
+
+
+def test_the_report_shows_the_judges_calibration_beside_its_name(tmp_path: Path) -> None:
+    from shadowtap.report import build_report
+    from shadowtap.report.view import headline
+    from shadowtap.scorers.calibration import LabelledVerdict, summarise_calibration
+
+    labels, pairs_path = write_inputs(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pairs.jsonl").write_text(pairs_path.read_text())
+    score = {
+        "schema": "shadowtap.score/v1",
+        "pair_id": "pair-00",
+        "scorer": "judge",
+        "side": "pair",
+        "outcome": "candidate_win",
+        "value": 1.0,
+        "detail": {"judge_model": "gpt-4o-judge"},
+    }
+    (data / "scores.jsonl").write_text(json.dumps(score) + "\n")
+    assert "judge gpt-4o-judge (uncalibrated)" in headline(build_report(data))
+    verdicts = [LabelledVerdict("candidate", "candidate", "billing", 1.0)] * 8 + [
+        LabelledVerdict("tie", "candidate", "billing", 1.0)
+    ] * 2
+    record = summarise_calibration(
+        verdicts, judge_model="gpt-4o-judge", prompt_template_hash="p", labels_file=str(labels), floor=0.7
+    )
+    (data / "judge-calibration.json").write_text(json.dumps(record))
+    assert "judge gpt-4o-judge (calibrated on 10 labels, agreement 0.80 [0.49, 0.94])" in headline(
+        build_report(data)
+    )
