@@ -26,6 +26,7 @@ from rich.table import Table
 
 from shadowtap.cli.server import build
 from shadowtap.config import Settings, load_settings
+from shadowtap.demo.reviewer import SCRIPTED_REVIEWER, scripted_feedback, scripted_review
 from shadowtap.demo.scripted import (
     CANDIDATE_BILLING_REFUSAL_RATE,
     CANDIDATE_SCHEMA_BREAK_RATE,
@@ -78,6 +79,9 @@ def prepare_data_dir(data_dir: Path) -> None:
         )
     for path in existing:
         path.unlink()
+    if (data_dir / DEMO_MARKER).exists():  # a previous demo's feedback and labels are on its pairs
+        for name in ("feedback.jsonl", "labels.jsonl"):
+            (data_dir / name).unlink(missing_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -250,6 +254,38 @@ def _drain(metrics: Metrics, deadline_s: float, progress: Progress) -> bool:
         time.sleep(0.05)
 
 
+def _users_give_feedback(servers: Servers, options: DemoOptions, console: Console) -> None:
+    """SIMULATED users rate some answers through the proxy's feedback endpoint; wait until it is written."""
+    posted = scripted_feedback(servers.proxy.url, options.data_dir, options.seed)
+    deadline = time.monotonic() + 10
+    registry = servers.metrics.registry
+    while (
+        metric_total(registry, "shadowtap_sink_records_total", sink="feedback", outcome="written")
+        < sum(posted.values())
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    said = ", ".join(f"{n} {signal}" for signal, n in sorted(posted.items()))
+    console.print(f"SIMULATED users posted feedback on the primary's answers: {said}.")
+
+
+def _closing_lines(options: DemoOptions, console: Console) -> None:
+    """The scripted reviewer's labels, and how to open the review page on this run's data."""
+    labelled = scripted_review(options.data_dir, options.seed)
+    data_dir = options.data_dir
+    console.print(
+        f"The scripted reviewer [black on yellow] SIMULATED [/] ({SCRIPTED_REVIEWER}) labelled {labelled} queued "
+        f"pairs in {data_dir / 'labels.jsonl'}; `shadowtap judge calibrate --labels {data_dir / 'labels.jsonl'}` "
+        "measures a judge against them.",
+        soft_wrap=True,
+    )
+    console.print(
+        f"Label the queue yourself, blind, with the keyboard: [bold]shadowtap review --data-dir {data_dir}[/] "
+        "and open http://127.0.0.1:8090/",
+        soft_wrap=True,
+    )
+
+
 def run_demo(
     options: DemoOptions,
     console: Console,
@@ -286,6 +322,7 @@ def run_demo(
             sent, errors = _drive(client, items, options.concurrency, progress)
             drained = _drain(servers.metrics, options.drain_deadline_s, progress)
         client.close()
+        _users_give_feedback(servers, options, console)
         if not drained:
             console.print(
                 f"[yellow]Scoring had not finished after {options.drain_deadline_s:.0f}s; the report "
@@ -303,6 +340,7 @@ def run_demo(
             write_html(report, options.html)
             console.print(f"HTML report: {options.html}")
         console.print(f"\nDemo finished in {wall_s:.1f}s ({sent} requests).")
+        _closing_lines(options, console)
         if options.keep_running:
             console.print(
                 f"\nThe proxy is still up: send OpenAI requests to [bold]{proxy.base_url}[/]; "

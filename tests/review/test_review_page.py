@@ -76,8 +76,8 @@ def test_a_keyboard_session_labels_blind_and_the_labels_are_unblinded(browser, m
                 "format_ok": {a_side: None, b_side: True if n % 2 else None},
             }
         )
-        page.keyboard.press("Enter")
-        page.wait_for_load_state()
+        with page.expect_navigation():  # Enter after the reveal loads the next pair
+            page.keyboard.press("Enter")
 
     assert page.inner_text("#finished") == "Nothing left to review."
     assert (page.inner_text("#done"), page.inner_text("#left")) == (str(queued), "0")
@@ -133,15 +133,16 @@ def test_skip_moves_a_pair_to_the_end_and_enter_without_a_choice_saves_nothing(
 
     page.keyboard.press("Enter")
     assert "Choose the better answer first" in page.inner_text("#status")
-    page.keyboard.press("k")
-    page.wait_for_function(f"document.getElementById('pair').dataset.pair !== '{first}'")
+    with page.expect_navigation():  # skipping loads the next pair
+        page.keyboard.press("k")
+    assert page.get_attribute("#pair", "data-pair") != first
     seen = [page.get_attribute("#pair", "data-pair")]
     for _ in range(3):
         page.keyboard.press("3")
         page.keyboard.press("Enter")
         page.wait_for_selector("#reveal:not([hidden])")
-        page.keyboard.press("Enter")
-        page.wait_for_load_state()
+        with page.expect_navigation():  # Enter after the reveal loads the next pair
+            page.keyboard.press("Enter")
         seen.append(page.get_attribute("#pair", "data-pair"))
     assert seen[-1] == first and len(set(seen)) == 4
     assert not (data_dir / "labels.jsonl").exists() or len(read_labels(data_dir / "labels.jsonl")) == 3
