@@ -152,6 +152,8 @@ class ProductionSignals:
         the retry check runs after the request has gone to the primary."""
         if scope["method"] != "POST" or scope["path"] not in MIRRORED_ROUTES:
             return send
+        if not self.config.enabled and self.retries is None:  # nothing here would use what it notes
+            return send
         exchange = Exchange(segment=self._segment(scope["headers"]))
         if self.retries is not None and body is not None and len(body) <= self.retries.max_body_bytes:
             asyncio.get_running_loop().call_soon(self._check_retry, scope, body, exchange)
