@@ -344,6 +344,14 @@ class Metrics:
             for kind in CANDIDATE_ERROR_KINDS:
                 self.candidate_errors.labels(route=route, kind=kind)
 
+    def initialise_segments(self, segments: Iterable[str], signals: Iterable[str]) -> None:
+        """Feedback and retries at zero for each configured segment (and `none`, `other`) and signal."""
+        labels = (*sorted(set(segments)), "none", "other")
+        for segment in labels:
+            self.retries.labels(segment=segment)
+            for signal in signals:
+                self.feedback.labels(signal=signal, segment=segment)
+
     def initialise_sink(self, name: str) -> None:
         """The configured sink's record outcomes at zero (a first drop is then an increase)."""
         for outcome in SINK_OUTCOMES:

@@ -59,6 +59,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
         scoring.metrics.initialise_scorers(scoring.pipeline.scorers, settings.tags.segments)
     for name in (sink.name, *(("scores", "review") if scoring is not None else ())):
         metrics.initialise_sink(name)
+    metrics.initialise_segments(settings.tags.segments, settings.feedback.accepted_signals)
     sampler = None
     if settings.server.loop_lag_interval_s > 0:
         sampler = LoopLagSampler(metrics, settings.server.loop_lag_interval_s)
