@@ -10,8 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from shadowtap.errors import ConfigError
+from shadowtap.metrics import ScoringMetrics
+from shadowtap.records import validate_score
+from shadowtap.scorers import ScoringPipeline, build_scorers
 from shadowtap.scorers.refusal import RefusalScorer, classify_refusal, detect_refusal
 from shadowtap.scorers.refusal_model import WEIGHTS_PATH, ModelError, read_model
 from shadowtap.testing.pairs import make_pair
@@ -128,6 +132,23 @@ async def test_an_answer_near_the_threshold_is_queued_for_review_as_uncertain() 
     assert "refusal_uncertain" in near.reasons_for_review(near_scores)
     far_scores = await far.score(pair)
     assert "refusal_uncertain" not in far.reasons_for_review(far_scores)
+
+
+async def test_the_pipeline_queues_an_uncertain_pair_once_and_writes_valid_score_records() -> None:
+    text = OPINION_DISCLAIMER_ANSWERS[0]
+    threshold = min(max(detect_refusal(text).refusing, 0.2), 0.8)
+    metrics = ScoringMetrics(CollectorRegistry())
+    settings = {"scorers": {"refusal": {"threshold": threshold, "uncertain_band": 0.15}}}
+    pipeline = ScoringPipeline(build_scorers(settings, metrics, frozenset()), metrics, frozenset())
+    pair = make_pair(text, text)
+
+    records, review = await pipeline.score_pair(pair)
+
+    for record in records:
+        validate_score(record)
+    assert [item["reason"] for item in review] == ["refusal_uncertain"]
+    sides = {r["side"]: r for r in records if r["scorer"] == "refusal"}
+    assert 0.0 <= sides["primary"]["value"] <= 1.0 and sides["primary"]["detail"]["uncertain"] is True
 
 
 @pytest.mark.parametrize(
