@@ -301,6 +301,7 @@ def compare_runs(
             "min_cell": rule.min_cell,
             "min_drop_points": rule.min_drop_points,
             "threshold_points": rule.threshold_points,
+            "gate_masked_inputs": settings.gate_masked_inputs,
         },
         "comparisons": comparisons,
         "regressions": [
@@ -351,9 +352,10 @@ def regressed_examples(
     base_examples = {e["id"]: e for e in baseline["examples"]}
     regressed, routed = _worse_on(decision)
     items: list[RegressedExample] = []
+    with_masked = bool(decision["rule"].get("gate_masked_inputs"))
     for after in sorted(candidate["examples"], key=lambda e: e["id"]):
         before = base_examples.get(after["id"])
-        if before is None:
+        if before is None or (after.get("masked_input") and not with_masked):
             continue
         changes: dict[str, dict[str, float | None]] = {}
         sent: list[str] = []

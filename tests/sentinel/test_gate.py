@@ -176,9 +176,11 @@ def test_masked_inputs_are_left_out_of_the_gate_by_default() -> None:
         example["masked_input"] = example["stratum"] == "b"  # the only bad answers had masked inputs
     decision = compare_runs(base, cand, SentinelSettings())
     assert decision["regressions"] == [] and decision["excluded_masked"] == 40
+    assert regressed_examples(decision, base, cand) == []
     assert any("masked inputs left out" in w for w in decision["warnings"])
     included = compare_runs(base, cand, SentinelSettings(gate_masked_inputs=True))
     assert ("not_refused", "b") in {(r["failure_mode"], r["stratum"]) for r in included["regressions"]}
+    assert len(regressed_examples(included, base, cand)) == 40
 
 
 def test_judge_losses_in_a_segment_below_the_agreement_floor_go_to_review_not_the_gate() -> None:
