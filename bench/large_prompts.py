@@ -1,12 +1,15 @@
 """Large prompts: other users' latency while 1, 2 and 5 MB chat requests are mirrored at 100%, against
 the same load with mirroring off — in one run.
 
-Starts a simulated primary and candidate and two `shadowtap serve` processes on loopback, one mirroring
-every chat request (with `shadow.max_body_bytes` raised to 8 MiB) and one mirroring none. For each
-prompt size, each proxy in turn gets small "normal" requests at a steady open-loop rate while a second
-stream of large-prompt requests arrives beside them; the normal users' p50/p99 are compared. Prints a
-table and writes it to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at
-most 60).
+Starts a simulated primary and candidate and two `shadowtap serve` processes on loopback with the default
+settings (`shadow.max_body_bytes` 8 MiB), one mirroring every chat request and one mirroring none. For
+each prompt size, each proxy in turn gets small "normal" requests at a steady open-loop rate while a
+second stream of large-prompt requests arrives beside them; the normal users' p50/p99 are compared.
+
+Latency on a shared machine moves with whatever else runs on it, so the table also gives figures that do
+not: the CPU time the proxy's event-loop thread spent per large prompt, and that of the processes it
+started (the offload worker, which parses, masks and encodes large pairs). Prints a table and writes it
+to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60).
 
     python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--sizes 1,2,5]
 """
@@ -24,9 +27,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import REQUEST, RawClient, free_port, pct, processes, start_proxy, start_simulated  # noqa: E402
+from _harness import (  # noqa: E402
+    REQUEST,
+    RawClient,
+    children_cpu_seconds,
+    cpu_seconds,
+    free_port,
+    pct,
+    processes,
+    start_proxy,
+    start_simulated,
+)
 
 MAX_SECONDS = 60
+ALONE = 10  # large prompts sent one after another, with nothing else, to measure what one costs
 
 
 def large_request(megabytes: float) -> bytes:
@@ -36,8 +50,11 @@ def large_request(megabytes: float) -> bytes:
     return json.dumps({"model": "bench", "messages": [{"role": "user", "content": text}]}).encode()
 
 
-async def phase(url: str, rate: float, large: bytes, large_rate: float, seconds: float) -> list[float]:
-    """Normal users' latencies (ms) over `seconds`, with large prompts arriving beside them."""
+async def phase(
+    url: str, rate: float, large: bytes, large_rate: float, seconds: float
+) -> tuple[list[float], int]:
+    """Normal users' latencies (ms) over `seconds`, with large prompts arriving beside them; and how many
+    large prompts were sent."""
     normal, heavy = RawClient(url), RawClient(url)
     body = json.dumps(REQUEST).encode()
     for _ in range(20):
@@ -64,24 +81,43 @@ async def phase(url: str, rate: float, large: bytes, large_rate: float, seconds:
     await asyncio.wait(tasks, timeout=30)
     normal.close()
     heavy.close()
-    return latencies
+    return latencies, int(seconds * large_rate) + 1
 
 
-async def measure(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, object]]:
+def cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far: the proxy's main (event-loop) thread, and the processes it started."""
+    return cpu_seconds(pid, pid), children_cpu_seconds(pid)
+
+
+async def measured_phase(url: str, pid: int, large: bytes, args: argparse.Namespace) -> dict[str, object]:
+    """The normal users' latencies beside large prompts; then, alone, what one large prompt costs."""
+    latencies, _ = await phase(url, args.rate, large, args.large_rate, args.seconds)
+    await asyncio.sleep(2.0)  # the last records are written
+    client = RawClient(url)
+    loop_before, workers_before = cpu(pid)
+    for _ in range(ALONE):
+        await client.request(large, False)
+    await asyncio.sleep(2.0)
+    loop_after, workers_after = cpu(pid)
+    client.close()
+    return {
+        "n": len(latencies),
+        "p50": statistics.median(latencies),
+        "p99": pct(latencies, 0.99),
+        "loop_ms": (loop_after - loop_before) * 1000 / ALONE,
+        "worker_ms": (workers_after - workers_before) * 1000 / ALONE,
+    }
+
+
+async def measure(
+    urls: dict[str, str], pids: dict[str, int], args: argparse.Namespace
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for size in args.sizes:
         large = large_request(size)
         for mode in ("off", "on"):
-            latencies = await phase(urls[mode], args.rate, large, args.large_rate, args.seconds)
-            rows.append(
-                {
-                    "size": size,
-                    "mode": mode,
-                    "n": len(latencies),
-                    "p50": statistics.median(latencies),
-                    "p99": pct(latencies, 0.99),
-                }
-            )
+            row = await measured_phase(urls[mode], pids[mode], large, args)
+            rows.append({"size": size, "mode": mode, **row})
             print(f"  done: {size} MB, mirroring {mode}", file=sys.stderr)
     return rows
 
@@ -90,7 +126,10 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         "other users' latency with large prompts mirrored at 100% vs mirroring off (ms; loopback, simulated upstreams)",
         f"machine: {os.cpu_count()} cores; normal {args.rate}/s, large prompts {args.large_rate}/s, {args.seconds}s per phase",
-        f"{'prompt':>7} {'off p50':>8} {'on p50':>8} {'off p99':>8} {'on p99':>8} {'p99 +':>8}",
+        f"then {ALONE} large prompts alone: loop ms = CPU of the proxy's event-loop thread per large prompt"
+        " (its own request included); worker ms = CPU of the processes it started (the offload worker)",
+        f"{'prompt':>7} {'off p50':>8} {'on p50':>8} {'off p99':>8} {'on p99':>8} {'p99 +':>8}"
+        f" {'loop ms off':>11} {'loop ms on':>10} {'worker ms on':>12}",
     ]
     by = {(r["size"], r["mode"]): r for r in rows}
     for size in args.sizes:
@@ -98,6 +137,7 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
         grow = float(on["p99"]) - float(off["p99"])  # type: ignore[arg-type]
         lines.append(
             f"{size:>5} MB {off['p50']:>8.2f} {on['p50']:>8.2f} {off['p99']:>8.2f} {on['p99']:>8.2f} {grow:>+8.2f}"
+            f" {off['loop_ms']:>11.1f} {on['loop_ms']:>10.1f} {on['worker_ms']:>12.1f}"
         )
     return "\n".join(lines)
 
@@ -118,18 +158,15 @@ def main() -> None:
         p_port, c_port = free_port(), free_port()
         procs.append(start_simulated(p_port, "primary-sim", work / "primary.log"))
         procs.append(start_simulated(c_port, "candidate-sim", work / "candidate.log"))
-        urls = {}
+        urls, pids = {}, {}
         for mode, rate in (("on", "1"), ("off", "0")):
             port = free_port()
             (work / mode).mkdir()
-            settings = {
-                "SHADOWTAP_SHADOW_SAMPLE_RATE": rate,
-                "SHADOWTAP_SHADOW_MAX_BODY_BYTES": str(8 * 1024 * 1024),
-                "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim",
-            }
-            procs.append(start_proxy(p_port, c_port, port, work / mode, settings))
-            urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
-        rows = asyncio.run(measure(urls, args))
+            settings = {"SHADOWTAP_SHADOW_SAMPLE_RATE": rate, "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim"}
+            proxy = start_proxy(p_port, c_port, port, work / mode, settings)
+            procs.append(proxy)
+            urls[mode], pids[mode] = f"http://127.0.0.1:{port}/v1/chat/completions", proxy.pid
+        rows = asyncio.run(measure(urls, pids, args))
     text = table(rows, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -225,6 +225,7 @@ class Proxy:
                 started=t_sent,
                 content_encoding=encoding.decode("latin-1") if encoding else None,
                 max_bytes=self.settings.shadow.max_record_bytes,  # the client still gets every byte
+                parse_inline_bytes=self.settings.shadow.offload_bytes,  # larger: parsed off the loop
             )
         except ValueError as exc:
             self._resolve(job, SideResult(status=upstream.status).fail("undecodable", str(exc)))

@@ -49,6 +49,21 @@ _UNFINISHED = {
 }
 # Every event that carries a generated token has one of these; only those are parsed for the first token.
 _TOKEN_MARKERS = (b"delta", b'"text"', b"output_item.added")
+# A plain answer cut at the cap cannot be parsed: the record keeps this much of it, as text.
+CUT_TEXT_BYTES = 64 * 1024
+# One `feed` inflates at most this much of a gzip or deflate body; the rest waits for the next chunk (or
+# `finish`), so no single call holds the event loop for long.
+INFLATE_STEP_BYTES = 256 * 1024
+
+
+@dataclass(slots=True)
+class Unparsed:
+    """An answer body whose parsing was left for later (`settle`), off the event loop when it is large."""
+
+    body: bytes
+    streaming: bool
+    truncated: bool
+    route: str
 
 
 @dataclass(slots=True)
@@ -66,6 +81,7 @@ class SideResult:
     usage: dict[str, Any] | None = None
     error: SideError | None = None
     truncated: bool = False  # the recorded body hit its cap; the rest of the answer was not kept
+    unparsed: Unparsed | None = None  # the body, until `settle` parses it into the fields above
 
     def to_dict(self) -> SideRecord:
         record: SideRecord = {
@@ -83,6 +99,13 @@ class SideResult:
         # A side given only a text (a sentinel reference, a cut plain body) is that text's one output.
         record["outputs"] = self.outputs or side_outputs(record)
         return record
+
+    def settle(self) -> SideResult:
+        """Parse a body left unparsed (`SideAssembler.finish` with `parse_inline_bytes`) into the result."""
+        pending, self.unparsed = self.unparsed, None
+        if pending is not None:
+            _parse_body(pending.body, self, pending.streaming, pending.truncated, pending.route)
+        return self
 
     def fail(self, kind: str, message: str) -> SideResult:
         if self.error is None:
@@ -127,6 +150,9 @@ class _Masker:
 class _Decoder(Protocol):
     """A streaming decoder of a content coding (what `zlib.decompressobj` returns)."""
 
+    @property
+    def unconsumed_tail(self) -> bytes: ...
+
     def decompress(self, data: bytes, /, max_length: int = 0) -> bytes: ...
 
 
@@ -146,14 +172,17 @@ class SideAssembler:
     """Collects an upstream's answer bytes and turns them into a `SideResult`.
 
     `feed` is cheap (it only keeps references and, for streams, notes when content first arrived);
-    parsing is done once, in `finish`. At most `max_bytes` decoded bytes are kept (a gzip or deflate body
-    is never inflated much past them); past them the side is `truncated` and `feed` keeps nothing more.
+    parsing is done once, in `finish` — or, for a body over `parse_inline_bytes`, later, by the result's
+    `settle` (in the offload worker). At most `max_bytes` decoded bytes are kept (a gzip or deflate body
+    is never inflated much past them, and at most INFLATE_STEP_BYTES a call); past them the side is
+    `truncated` and `feed` keeps nothing more.
     """
 
     streaming: bool
     started: float
     content_encoding: str | None = None
     max_bytes: int = MAX_RECORD_BYTES
+    parse_inline_bytes: int | None = None  # None: `finish` always parses
     chunks: list[bytes] = field(default_factory=list)
     first_chunk_at: float | None = None
     truncated: bool = False
@@ -173,19 +202,33 @@ class SideAssembler:
     def feed(self, chunk: bytes, now: float) -> None:
         if not chunk or self.truncated:
             return
-        room = self.max_bytes - self._kept
         if self._decoder is not None:
-            chunk = self._decoder.decompress(chunk, room + 1)  # one byte past the room tells it is full
+            chunk = self._inflate(self._decoder.unconsumed_tail + chunk)
+        self._keep(chunk)
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now
+        if self.streaming and self._first_content_at is None and chunk:
+            self._scan_for_first_content(chunk, now)
+
+    def _inflate(self, data: bytes) -> bytes:
+        """Decode what fits (one byte past the room tells it is full), at most INFLATE_STEP_BYTES."""
+        assert self._decoder is not None
+        room = self.max_bytes - self._kept
+        return self._decoder.decompress(data, min(room + 1, INFLATE_STEP_BYTES))
+
+    def _keep(self, chunk: bytes) -> None:
+        room = self.max_bytes - self._kept
         if len(chunk) > room:
             chunk = chunk[:room]
             self.truncated = True
             self._decoder = None
         self._kept += len(chunk)
         self.chunks.append(chunk)
-        if self.first_chunk_at is None:
-            self.first_chunk_at = now
-        if self.streaming and self._first_content_at is None:
-            self._scan_for_first_content(chunk, now)
+
+    def _inflate_rest(self) -> None:
+        """At the end of the body: decode what earlier steps left, up to the cap."""
+        while self._decoder is not None and self._decoder.unconsumed_tail and not self.truncated:
+            self._keep(self._inflate(self._decoder.unconsumed_tail))
 
     def _scan_for_first_content(self, chunk: bytes, now: float) -> None:
         # Time to first token = the first event with a generated token of any kind (text, a tool call,
@@ -207,23 +250,32 @@ class SideAssembler:
                 return
 
     def finish(self, result: SideResult, ended: float, route: str) -> SideResult:
+        """The timings, and the parsed answer: now, or (a body over `parse_inline_bytes`) by `settle`."""
+        self._inflate_rest()
         result.latency_ms = (ended - self.started) * 1000.0
         result.truncated = self.truncated
         body = b"".join(self.chunks)
         if self._first_content_at is not None:
             result.ttft_ms = (self._first_content_at - self.started) * 1000.0
-        if result.status is not None and result.status >= 400:
-            result.text = None
-            detail = _error_message(body)
-            return result.fail(_http_error_kind(result.status), f"HTTP {result.status}: {detail}")
-        api = api_of_route(route)
-        if self.streaming:
-            # Cut at the cap: the events whole before it are the record; the one it cut is not.
-            return _parse_sse(body[: body.rfind(b"\n") + 1] if self.truncated else body, result, api)
-        if self.truncated:  # a cut JSON document cannot be parsed: what came is kept as it came
-            result.text = body.decode("utf-8", "replace")
+        if self.parse_inline_bytes is not None and len(body) > self.parse_inline_bytes:
+            result.unparsed = Unparsed(body, self.streaming, self.truncated, route)
             return result
-        return _parse_json(body, result, api)
+        return _parse_body(body, result, self.streaming, self.truncated, route)
+
+
+def _parse_body(body: bytes, result: SideResult, streaming: bool, truncated: bool, route: str) -> SideResult:
+    if result.status is not None and result.status >= 400:
+        result.text = None
+        detail = _error_message(body)
+        return result.fail(_http_error_kind(result.status), f"HTTP {result.status}: {detail}")
+    api = api_of_route(route)
+    if streaming:
+        # Cut at the cap: the events whole before it are the record; the one it cut is not.
+        return _parse_sse(body[: body.rfind(b"\n") + 1] if truncated else body, result, api)
+    if truncated:  # a cut JSON document cannot be parsed: the start of what came is kept as it came
+        result.text = body[:CUT_TEXT_BYTES].decode("utf-8", "replace")
+        return result
+    return _parse_json(body, result, api)
 
 
 def _http_error_kind(status: int) -> str:

@@ -3,7 +3,8 @@
 The request path only ever calls `ShadowDispatcher.consider` (a cheap decision) and `submit` (a
 `put_nowait` on a bounded queue). A fixed pool of workers calls the candidate; a full queue drops the
 shadow and counts it. The pair record is assembled when both sides are done and handed to the pair
-handlers (the sink, and in-process scoring in the embedded mode).
+handlers (the sink, and in-process scoring in the embedded mode). A large request body is not even parsed
+here: it goes to the offload worker process (`proxy/offload.py`), as does the recording of a large pair.
 
 The candidate is asked for `candidate.model`, or, when config names none, for the one model its
 `/models` lists (`ModelDiscovery`); until that is known, sampled requests are not mirrored.
@@ -14,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,31 +26,25 @@ from typing import Any
 import httpx
 
 from shadowtap.config import Settings
-from shadowtap.errors import ConfigError, ShadowtapError
 from shadowtap.metrics import Metrics
+from shadowtap.proxy.discovery import ModelDiscovery
 from shadowtap.proxy.logs import ThrottledLog
-from shadowtap.proxy.record import SideAssembler, SideResult, build_pair, length_bucket
+from shadowtap.proxy.mirror import MIRRORED_ROUTES, candidate_body, is_json, request_body
+from shadowtap.proxy.offload import Offload, OffloadFailed, PairParts, Prepared, assemble
+from shadowtap.proxy.record import CUT_TEXT_BYTES, SideAssembler, SideResult, length_bucket
 from shadowtap.proxy.redact import Redactor
 from shadowtap.proxy.transport import UpstreamResponse
 from shadowtap.proxy.upstream import Upstream
-from shadowtap.records import PairRecord, rfc3339
+from shadowtap.records import PairRecord
 from shadowtap.request_text import input_chars
 
 log = logging.getLogger("shadowtap.shadow")
 
-MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+__all__ = ["MIRRORED_ROUTES", "PairHandler", "Sampler", "ShadowDispatcher", "ShadowJob"]
+
 # At shutdown, records whose answers are both in get this long to be masked and handed on.
 RECORDING_GRACE_S = 2.0
 PairHandler = Callable[[PairRecord], None]
-# Discovering the candidate's model: start-up waits this long for the first answer, then goes on while
-# the asking continues in the background; one attempt is bounded by DISCOVERY_TIMEOUT_S (and never
-# outlasts candidate.timeout_s); attempts that fail are retried after a delay that doubles up to a cap.
-DISCOVERY_STARTUP_WAIT_S = 2.0
-DISCOVERY_TIMEOUT_S = 10.0
-DISCOVERY_BACKOFF_S = 0.5
-DISCOVERY_BACKOFF_MAX_S = 30.0
-MODELS_MAX_BYTES = 1 << 20  # a model list longer than this is not one to choose from
-MODELS_LISTED_MAX = 20  # an error names at most this many of the models listed
 
 
 @dataclass(slots=True, eq=False)
@@ -60,10 +54,13 @@ class ShadowJob:
     pair_id: str
     received_at: float  # Unix time; formatted off the request path, when the record is built
     route: str
-    body: dict[str, Any]
+    raw: bytes  # the request body as the client sent it
+    body: dict[str, Any] | None  # parsed on the loop; None for a large body, parsed by the offload worker
     stream: bool
     tags: dict[str, str]
     primary: asyncio.Future[SideResult]
+    sample_by_body: bool = False  # sampled on a field of a large body: decided once the worker parsed it
+    candidate_body: bytes | None = None
     candidate: SideResult | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -90,12 +87,14 @@ class Sampler:
         return None
 
     def chosen(self, route: str, headers: list[tuple[bytes, bytes]], body: dict[str, Any]) -> bool:
+        return self.chosen_by_key(route, self.key(headers, body))
+
+    def chosen_by_key(self, route: str, key: str | None) -> bool:
         rate = self.shadow.rate_for(route)
         if rate >= 1.0:
             return True
         if rate <= 0.0:
             return False
-        key = self.key(headers, body)
         if key is None:
             return random.random() < rate
         digest = hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest()
@@ -106,46 +105,6 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     for k, v in headers:
         if k.lower() == name:
             return v.decode("latin-1")
-    return None
-
-
-def _is_json(content_type: str | None) -> bool:
-    """What the upstream frameworks parse as JSON: no content type, `application/json` or `+json`."""
-    if content_type is None:
-        return True
-    media = content_type.partition(";")[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-def _request_body(route: str, raw_body: bytes) -> dict[str, Any] | str:
-    """The request body to mirror, or why there is none (`unparseable`, `invalid_request`)."""
-    try:
-        body = json.loads(raw_body)
-    except (ValueError, RecursionError):
-        return "unparseable"
-    if not isinstance(body, dict):
-        return "unparseable"
-    if route == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
-        return "invalid_request"
-    if route == "/v1/completions" and "prompt" not in body:
-        return "invalid_request"
-    if route == "/v1/responses":
-        return _responses_skip_reason(body) or body
-    return body
-
-
-def _responses_skip_reason(body: dict[str, Any]) -> str | None:
-    """Why a Responses API request cannot be mirrored, if it cannot: it needs `input`, and it must not
-    depend on state only the primary holds (an earlier response, a conversation) or run in the
-    background (its answer is fetched later, from the primary)."""
-    if "input" not in body:
-        return "invalid_request"
-    if body.get("previous_response_id"):
-        return "previous_response"
-    if body.get("conversation"):
-        return "conversation"
-    if body.get("background") is True:
-        return "background"
     return None
 
 
@@ -168,168 +127,6 @@ def _answer_ended(job: ShadowJob, result: SideResult, assembler: SideAssembler) 
         result.fail("invalid_response", "asked to stream but the candidate did not answer with SSE")
 
 
-class _Unanswered(ShadowtapError):
-    """The candidate's `/models` gave no model list; `kind` (a small fixed set) says how, for the log."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-
-
-def _model_ids(status: int, content: bytes) -> list[str]:
-    """The model ids a `/models` answer lists (`{"object": "list", "data": [{"id": ...}, ...]}`, as
-    OpenAI and vLLM answer), in order, each once; `_Unanswered` when it is no such list."""
-    if status != 200:
-        raise _Unanswered(f"http_{status}", f"answered HTTP {status}")
-    try:
-        listing = json.loads(content)
-    except (ValueError, RecursionError):
-        raise _Unanswered("not_json", "answered with something other than JSON") from None
-    data = listing.get("data") if isinstance(listing, dict) else None
-    if not isinstance(data, list):
-        raise _Unanswered("not_a_list", 'answered JSON without a "data" list of models')
-    ids: list[str] = []
-    for entry in data:
-        model = entry.get("id") if isinstance(entry, dict) else None
-        if not isinstance(model, str) or not model:
-            raise _Unanswered("not_a_list", 'answered a "data" list with an entry that has no model "id"')
-        ids.append(model)
-    return list(dict.fromkeys(ids))
-
-
-def _not_one_model(url: str, ids: list[str]) -> str:
-    """Why the candidate's model cannot be chosen from its list, phrased as the config error it is."""
-    if not ids:
-        found = "lists no models"
-    else:
-        shown = ", ".join(ids[:MODELS_LISTED_MAX])
-        more = f" and {len(ids) - MODELS_LISTED_MAX} more" if len(ids) > MODELS_LISTED_MAX else ""
-        found = f"lists {len(ids)} models ({shown}{more})"
-    return (
-        f"candidate.model: not set, and the candidate's {url} {found}; "
-        "name the one to mirror to with --candidate-model NAME or candidate.model"
-    )
-
-
-class ModelDiscovery:
-    """The candidate's one served model, from its `/models`, for when config names none (DESIGN.md).
-
-    At start-up one answer is waited for (briefly): one model is the answer; several, or none, is a
-    start-up error naming `candidate.model`. A candidate that does not answer (down, slow, an error, not
-    JSON) does not hold the proxy back: it is asked again in the background, with backoff, until it
-    answers with one model. `on_found` gets the model; each kind of failure is logged once in a row.
-    """
-
-    def __init__(
-        self,
-        candidate: Upstream,
-        headers: list[tuple[bytes, bytes]],
-        timeout_s: float,
-        on_found: Callable[[str], None],
-    ) -> None:
-        self.candidate = candidate
-        self.url = candidate.url_for("/v1/models")
-        # Asked once (or until it answers): no connection is kept in the pool for it, none is left open
-        # when start-up fails on the answer.
-        self.headers = [*headers, (b"connection", b"close")]
-        self.timeout_s = min(timeout_s, DISCOVERY_TIMEOUT_S)
-        self.on_found = on_found
-        self._last_failure: str | None = None
-        self._retrying: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def start(self) -> None:
-        """Ask once, waiting up to DISCOVERY_STARTUP_WAIT_S; `ConfigError` when the candidate lists several
-        models or none. Unanswered by then, the asking goes on in the background."""
-        first = asyncio.create_task(self.ask(), name="candidate-model-discovery")
-        try:
-            done, _ = await asyncio.wait({first}, timeout=DISCOVERY_STARTUP_WAIT_S)
-        except asyncio.CancelledError:
-            first.cancel()
-            raise
-        if first in done and not isinstance(first.exception(), _Unanswered):
-            ids = first.result()
-            if len(ids) != 1:
-                raise ConfigError(_not_one_model(self.url, ids))
-            self._found(ids[0])
-            return
-        self._retrying = asyncio.create_task(self._keep_asking(first), name="candidate-model-discovery")
-
-    async def aclose(self) -> None:
-        # The cancel alone can be lost: Python 3.11's asyncio.wait_for drops one that races a result.
-        self._closed = True
-        if self._retrying is not None:
-            self._retrying.cancel()
-            await asyncio.gather(self._retrying, return_exceptions=True)
-
-    async def ask(self) -> list[str]:
-        """The model ids the candidate's `/models` lists; `_Unanswered` when it gives no such list."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await self.candidate.send("GET", "/v1/models", self.headers, b"")
-                try:
-                    content = await _read_at_most(response, MODELS_MAX_BYTES)
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise _Unanswered("timeout", f"gave no answer within {self.timeout_s:g}s") from None
-        except httpx.ConnectError as exc:
-            raise _Unanswered("connect", f"could not be reached ({exc})") from None
-        except httpx.HTTPError as exc:
-            raise _Unanswered("transport", f"failed ({type(exc).__name__}: {exc})") from None
-        if content is None:
-            raise _Unanswered("too_large", f"answered more than {MODELS_MAX_BYTES} bytes")
-        return _model_ids(response.status, content)
-
-    async def _keep_asking(self, attempt: Awaitable[list[str]]) -> None:
-        delay = DISCOVERY_BACKOFF_S
-        while True:
-            try:
-                ids = await attempt
-            except _Unanswered as exc:
-                self._failed(exc.kind, f"the candidate's {self.url} {exc}")
-            except Exception:  # a fault here must not end the asking, and is logged, never swallowed
-                log.exception("asking the candidate's %s for its model failed", self.url)
-            else:
-                if len(ids) == 1:
-                    self._found(ids[0])
-                    return
-                self._failed("several" if ids else "none", _not_one_model(self.url, ids))
-            if self._closed:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, DISCOVERY_BACKOFF_MAX_S)
-            attempt = self.ask()
-
-    def _found(self, model: str) -> None:
-        log.info("candidate model: %s (discovered from %s)", model, self.url)
-        self.on_found(model)
-
-    def _failed(self, kind: str, detail: str) -> None:
-        """Log a failed attempt: at warning level when it differs in kind from the one before, else debug."""
-        level = logging.DEBUG if kind == self._last_failure else logging.WARNING
-        self._last_failure = kind
-        log.log(
-            level,
-            "candidate model unknown: %s; sampled requests are not mirrored until it is known "
-            '(shadow_skipped_total{reason="candidate_model_unknown"}); asking again, backing off to every %gs',
-            detail,
-            DISCOVERY_BACKOFF_MAX_S,
-        )
-
-
-async def _read_at_most(response: UpstreamResponse, limit: int) -> bytes | None:
-    """The response's whole body, or None once it passes `limit` bytes (the rest is not read)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_raw():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class ShadowDispatcher:
     """Decides which requests are mirrored and calls the candidate for them, off the request path."""
 
@@ -346,6 +143,8 @@ class ShadowDispatcher:
         self.handlers = handlers
         self.sampler = Sampler(settings)
         self.redactor = Redactor(settings.redaction.pii)
+        self.offload = Offload(settings.redaction.pii)
+        self.offload_bytes = settings.shadow.offload_bytes
         self.segment_header = settings.tags.segment_header.lower().encode("latin-1")
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=settings.shadow.queue_size)
         self.in_flight = 0
@@ -386,10 +185,12 @@ class ShadowDispatcher:
         if len(raw_body) > self.settings.shadow.max_body_bytes:
             m.shadow_skipped.labels(route=route, reason="too_large").inc()
             return None
-        if not _is_json(_header(headers, b"content-type")):
+        if not is_json(_header(headers, b"content-type")):
             m.shadow_skipped.labels(route=route, reason="content_type").inc()
             return None
-        body = _request_body(route, raw_body)
+        if len(raw_body) > self.offload_bytes:
+            return self._consider_large(route, headers, raw_body)
+        body = request_body(route, raw_body)
         if isinstance(body, str):
             m.shadow_skipped.labels(route=route, reason=body).inc()
             return None
@@ -400,20 +201,39 @@ class ShadowDispatcher:
             m.shadow_skipped.labels(route=route, reason="candidate_model_unknown").inc()
             return None
         m.shadow_sampled.labels(route=route).inc()
+        job = self._job(route, headers, raw_body, body)
+        job.tags["length_bucket"] = length_bucket(input_chars(body), self.settings.tags.length_buckets)
+        return job
+
+    def _consider_large(
+        self, route: str, headers: list[tuple[bytes, bytes]], raw_body: bytes
+    ) -> ShadowJob | None:
+        """A body too large to parse on the loop: what can be decided without it is decided now; the
+        rest (can it be mirrored, and a sampling key in the body) once the offload worker has parsed it."""
+        sample_by_body = self.sampler.kind == "body" and self.settings.shadow.rate_for(route) < 1.0
+        if not sample_by_body and not self.sampler.chosen(route, headers, {}):
+            self.metrics.shadow_skipped.labels(route=route, reason="not_sampled").inc()
+            return None
+        if self.model is None:
+            self.metrics.shadow_skipped.labels(route=route, reason="candidate_model_unknown").inc()
+            return None
+        job = self._job(route, headers, raw_body, None)
+        job.sample_by_body = sample_by_body
+        return job
+
+    def _job(
+        self, route: str, headers: list[tuple[bytes, bytes]], raw_body: bytes, body: dict[str, Any] | None
+    ) -> ShadowJob:
         segment = _header(headers, self.segment_header)
-        tags = {
-            "route": route,
-            "segment": (segment or "none")[:64],
-            "length_bucket": length_bucket(input_chars(body), self.settings.tags.length_buckets),
-        }
         return ShadowJob(
             # Unique, not secret: 128 random bits without a getrandom() syscall on the request path.
             pair_id=f"{random.getrandbits(128):032x}",
             received_at=time.time(),
             route=route,
+            raw=raw_body,
             body=body,
-            stream=body.get("stream") is True,
-            tags=tags,
+            stream=body is not None and body.get("stream") is True,
+            tags={"route": route, "segment": (segment or "none")[:64]},
             primary=asyncio.get_running_loop().create_future(),
         )
 
@@ -454,6 +274,7 @@ class ShadowDispatcher:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         dropped = await self._finish_recording()
+        await self.offload.aclose()
         while not self.queue.empty():
             job = self.queue.get_nowait()
             self.pending.discard(job)
@@ -489,6 +310,9 @@ class ShadowDispatcher:
         while True:
             job = await self.queue.get()
             try:
+                if job.body is None and not await self._prepare(job):
+                    self.pending.discard(job)
+                    continue
                 if self.settings.shadow.start == "after_primary":
                     await asyncio.shield(job.primary)
                 self.in_flight += 1
@@ -512,25 +336,49 @@ class ShadowDispatcher:
             finally:
                 self.queue.task_done()
 
+    async def _prepare(self, job: ShadowJob) -> bool:
+        """A large body, parsed by the offload worker: whether it is mirrored (why not is counted)."""
+        route, m = job.route, self.metrics
+        assert self.model is not None  # a job is made only once the model is known
+        try:
+            prepared: Prepared | str = await self.offload.prepare(
+                route, job.raw, self.model, self.sampler.field
+            )
+        except OffloadFailed:
+            m.shadow_dropped.labels(route=route, reason="offload_failed").inc()
+            return False
+        if isinstance(prepared, str):
+            m.shadow_skipped.labels(route=route, reason=prepared).inc()
+            return False
+        if job.sample_by_body and not self.sampler.chosen_by_key(route, prepared.key):
+            m.shadow_skipped.labels(route=route, reason="not_sampled").inc()
+            return False
+        m.shadow_sampled.labels(route=route).inc()
+        job.stream = prepared.stream
+        job.candidate_body = prepared.candidate_body
+        job.tags["length_bucket"] = length_bucket(prepared.input_chars, self.settings.tags.length_buckets)
+        return True
+
     async def call_candidate(self, job: ShadowJob) -> SideResult:
         """Send the job's request to the candidate and assemble its answer; every failure is the result's
         `error`, counted by kind."""
         settings = self.settings.candidate
-        body = dict(job.body)
-        if self.model is not None:  # always, for a job: none is made while the model is unknown
-            body["model"] = self.model
-        if job.route == "/v1/responses":
-            body["store"] = False  # the candidate's answers are for the record, never for later requests
-        result = SideResult(model=body.get("model"))
+        assert self.model is not None  # a job is made only once the model is known
+        body = job.candidate_body
+        if body is None:
+            assert job.body is not None
+            body = candidate_body(job.route, job.body, self.model)
+        result = SideResult(model=self.model)
         started = time.perf_counter()
         assembler = SideAssembler(
-            streaming=job.stream, started=started, max_bytes=self.settings.shadow.max_record_bytes
+            streaming=job.stream,
+            started=started,
+            max_bytes=self.settings.shadow.max_record_bytes,
+            parse_inline_bytes=self.offload_bytes,
         )
         try:
             async with asyncio.timeout(settings.timeout_s):
-                response = await self.candidate.send(
-                    "POST", job.route, self._candidate_headers, json.dumps(body).encode()
-                )
+                response = await self.candidate.send("POST", job.route, self._candidate_headers, body)
                 try:
                     _answer_began(response, job, result, assembler)
                     async for chunk in response.aiter_raw():
@@ -566,7 +414,7 @@ class ShadowDispatcher:
                 assembler.finish(result, time.perf_counter(), job.route)
                 result.error = None
             else:
-                result.text = b"".join(assembler.chunks).decode("utf-8", "replace")
+                result.text = b"".join(assembler.chunks)[:CUT_TEXT_BYTES].decode("utf-8", "replace")
                 result.truncated = assembler.truncated
             result.fail("disconnected", f"{type(exc).__name__}: {exc}")
         elif isinstance(exc, httpx.HTTPError):
@@ -619,47 +467,38 @@ class ShadowDispatcher:
                 self.pending.discard(job)
                 self._to_record.task_done()
 
-    async def _mask_side(self, side: SideResult) -> int:
-        """Mask every string a side's answer holds (each choice's text, tool-call arguments inside their
-        JSON, refusal and reasoning) and its error message; how many values were masked."""
-        count = 0
-        if side.outputs:
-            side.outputs, count = await self.redactor.mask_value(side.outputs)
-            side.text = side.outputs[0]["text"]
-        elif side.text:
-            side.text, count = await self.redactor.mask_value(side.text)
-        if side.error is not None:
-            message, changed = self.redactor.mask_text(side.error["message"])
-            side.error = {"kind": side.error["kind"], "message": message}
-            count += changed
-        return count
-
     async def _build_and_hand_on(self, job: ShadowJob) -> None:
-        """Mask and build the record (a long text is masked a piece at a time, the loop serving other
-        requests in between), then hand it to every handler."""
+        """Mask and build the record — a small pair here (a long text a piece at a time, the loop serving
+        other requests in between), a large one in the offload worker — and hand it to every handler."""
         primary = job.primary.result() if not job.primary.cancelled() else SideResult().fail("cancelled", "")
-        if primary.error is not None and self.settings.shadow.on_primary_error == "skip":
-            self.metrics.shadow_skipped.labels(route=job.route, reason="primary_error").inc()
-            return
         candidate = job.candidate or SideResult().fail("missing", "no candidate result")
-        masked = {"primary": 0, "candidate": 0}
         for name, side in (("primary", primary), ("candidate", candidate)):
-            masked[name] = await self._mask_side(side)
             if side.truncated:
                 self.metrics.records_truncated.labels(side=name).inc()
-        request, masked["request"] = await self.redactor.mask_request(job.body)
-        tags = {key: self.redactor.mask_text(value)[0] for key, value in job.tags.items()}
-        record = build_pair(
+        large = job.body is None or primary.unparsed is not None or candidate.unparsed is not None
+        candidate_parsed_late = candidate.unparsed is not None and candidate.error is None
+        parts = PairParts(
             pair_id=job.pair_id,
-            ts=rfc3339(job.received_at),
+            received_at=job.received_at,
             route=job.route,
             stream=job.stream,
-            request=request,
-            tags=tags,
+            request=job.raw if job.body is None else job.body,
+            tags=job.tags,
             primary=primary,
             candidate=candidate,
-            masked=masked,
+            skip_primary_errors=self.settings.shadow.on_primary_error == "skip",
         )
+        try:
+            record = await (self.offload.record(parts) if large else assemble(parts, self.redactor))
+        except OffloadFailed:
+            self.metrics.shadow_dropped.labels(route=job.route, reason="offload_failed").inc()
+            return
+        if record is None:
+            self.metrics.shadow_skipped.labels(route=job.route, reason="primary_error").inc()
+            return
+        error = record["candidate"]["error"]
+        if candidate_parsed_late and error is not None:  # found only now, by parsing: counted now
+            self.metrics.candidate_errors.labels(route=job.route, kind=error["kind"]).inc()
         self.metrics.pairs.labels(route=job.route).inc()
         for handler in self.handlers:
             try:

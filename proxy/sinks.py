@@ -38,7 +38,11 @@ class Sink(Protocol):
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
-    """One record as compact UTF-8 JSON (a line of a JSONL file, a Kafka message's value)."""
+    """One record as compact UTF-8 JSON (a line of a JSONL file, a Kafka message's value); a record the
+    offload worker encoded already (`offload.EncodedRecord`) is its line as it is."""
+    line = getattr(record, "line", None)
+    if isinstance(line, bytes):
+        return line
     text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")

@@ -205,10 +205,14 @@ class ShadowSettings(_Section):
     sample_key: str = "body:user"
     concurrency: int = Field(default=32, ge=1)
     queue_size: int = Field(default=256, ge=1)
-    max_body_bytes: int = Field(default=1_000_000, ge=0)
+    # A request body over this many bytes is not mirrored (`too_large`), and streams to the primary.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     # Each side's answer is kept for the record up to this many bytes (decoded: a gzip body is inflated
     # no further); past it the side is recorded `truncated` and the rest is not kept.
-    max_record_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_record_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A request body, or an answer, over this many bytes is parsed, masked and encoded in the offload
+    # worker process instead of on the proxy's event loop (0: every pair is).
+    offload_bytes: int = Field(default=64 * 1024, ge=0)
     # "concurrent": the candidate starts with the primary (fair latency comparison);
     # "after_primary": it starts once the primary has answered (never competes with it).
     start: Literal["concurrent", "after_primary"] = "concurrent"

@@ -68,7 +68,7 @@ SHADOW_SKIP_REASONS = (
     "primary_error",
     "shutdown",
 )
-SHADOW_DROP_REASONS = ("queue_full", "recording_backlog", "shutdown", "internal_error")
+SHADOW_DROP_REASONS = ("queue_full", "recording_backlog", "offload_failed", "shutdown", "internal_error")
 CANDIDATE_ERROR_KINDS = (
     "connect",
     "timeout",
@@ -257,7 +257,8 @@ class Metrics:
         )
         self.shadow_dropped = Counter(
             "shadowtap_shadow_dropped_total",
-            "Sampled requests whose shadow was dropped, by reason (queue_full, recording_backlog, shutdown, internal_error).",
+            "Sampled requests whose shadow was dropped, by reason (queue_full, recording_backlog, offload_failed,"
+            " shutdown, internal_error).",
             ["route", "reason"],
             registry=r,
         )

@@ -107,12 +107,14 @@ def logged_primary() -> Iterator[tuple[str, BodyLog]]:
         yield handle.base_url, app
 
 
-@pytest.fixture
-def guarded(proxy_factory, logged_primary, candidate):
+@pytest.fixture(params=["parsed on the loop", "parsed by the offload worker"])
+def guarded(request, proxy_factory, logged_primary, candidate):
+    # The offload worker parses bodies over shadow.offload_bytes; at 0 it parses every one.
+    offload = {} if request.param == "parsed on the loop" else {"offload_bytes": 0}
     return proxy_factory(
         logged_primary[0],
         candidate.base_url,
-        shadow={"max_body_bytes": MAX_BODY},
+        shadow={"max_body_bytes": MAX_BODY, **offload},
         candidate={"model": "candidate-model"},
     )
 
@@ -156,7 +158,10 @@ def test_bad_input_gets_the_primarys_own_answer_and_is_not_mirrored(guarded, log
     assert comparable(via.content) == comparable(direct.content)
     assert via.headers["content-type"] == direct.headers["content-type"]
     assert primary_log.bodies == [raw, raw]  # the proxy forwarded it untouched
-    assert guarded.metric("shadowtap_shadow_skipped_total", route=CHAT_ROUTE, reason=reason) == 1
+    wait_for(
+        lambda: guarded.metric("shadowtap_shadow_skipped_total", route=CHAT_ROUTE, reason=reason) == 1,
+        what=f"the shadow skipped as {reason}",
+    )
     assert guarded.metric("shadowtap_shadow_sampled_total", route=CHAT_ROUTE) == 0
     assert len(candidate.sim.received) == 0
 

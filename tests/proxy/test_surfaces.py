@@ -23,6 +23,16 @@ GOOD_ARGS = '{"city": "Paris", "unit": "celsius"}'
 BAD_ARGS = '{"city": 42, "unit": "kelvin"}'
 
 
+@pytest.fixture(params=["recorded on the loop", "recorded by the offload worker"])
+def proxy(request, proxy_factory, primary, candidate):
+    """Every surface, recorded both ways: small pairs on the proxy's loop, and (with shadow.offload_bytes
+    at 0) every pair parsed, masked and encoded in the offload worker process, as large ones are."""
+    offload = {"offload_bytes": 0} if request.param == "recorded by the offload worker" else {}
+    return proxy_factory(
+        primary.base_url, candidate.base_url, candidate={"model": "candidate-model"}, shadow=offload
+    )
+
+
 @pytest.fixture
 def client(proxy) -> Any:
     sdk = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0)
@@ -177,7 +187,10 @@ def test_responses_requests_that_depend_on_the_primarys_state_are_not_mirrored(
 ):
     client.responses.create(model="m", input="And tomorrow?", **extra)
 
-    assert proxy.metric("shadowtap_shadow_skipped_total", route="/v1/responses", reason=reason) == 1
+    wait_for(
+        lambda: proxy.metric("shadowtap_shadow_skipped_total", route="/v1/responses", reason=reason) == 1,
+        what=f"the request skipped as {reason}",
+    )
     assert not [r for r in candidate.sim.received if r.path == "/v1/responses"]
 
 
