@@ -45,7 +45,6 @@ HEAD_CHARS = 1000
 OPENING_TOKENS = 12
 OPENING_CHARS = 48
 CHAR_NGRAM_SIZES = (4,)
-LENGTH_BUCKETS = (40, 120, 300, 700, 1500)
 
 _TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[?!:]")
@@ -65,13 +64,6 @@ class RefusalPrediction:
     refusing: float
     probabilities: dict[str, float]
     top_features: tuple[str, ...]
-
-
-def _length_bucket(length: int) -> str:
-    for bound in LENGTH_BUCKETS:
-        if length <= bound:
-            return f"len:<={bound}"
-    return f"len:>{LENGTH_BUCKETS[-1]}"
 
 
 def feature_names(text: str, cue_label: str, cue_language: str | None) -> set[str]:
@@ -98,7 +90,6 @@ def feature_names(text: str, cue_label: str, cue_language: str | None) -> set[st
     names.add("cue:" + cue_label)
     if cue_language:
         names.add("cuelang:" + cue_language)
-    names.add(_length_bucket(len(text)))
     if "```" in text:
         names.add("has:code")
     if _LIST_LINE.search(head) is not None:
@@ -127,7 +118,7 @@ class LinearRefusalModel:
         self.bias = bias
         self.meta = meta
         # How much each feature pushes towards refusing (either refusing class) against answering.
-        self._towards_refusing = np.logaddexp(weights[:, 0], weights[:, 1]) - weights[:, 2]
+        self._towards_refusing = np.maximum(self.weights[:, 0], self.weights[:, 1]) - self.weights[:, 2]
 
     def predict(
         self, text: str, cue_label: str, cue_language: str | None, threshold: float = 0.5
