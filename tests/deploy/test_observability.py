@@ -50,6 +50,7 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
+RUNBOOKS = ROOT / "docs" / "runbooks"
 
 TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool")
 needs_tools = pytest.mark.skipif(
@@ -85,13 +86,18 @@ EXEMPT_WHILE_ABSENT: dict[str, tuple[str, re.Pattern[str], dict[str, list[str]]]
         {"shadowtap-pipeline": ["Spill file size (Kafka sink)", "Consumer lag (Kafka workers)"]},
     ),
     "vllm": (
-        'count(up{job="vllm"})',
+        'count(up{job="vllm"} == 1)',
         re.compile(r"\bvllm:\w+"),
         {
             "shadowtap-overview": [
                 "vLLM requests running and waiting",
                 "vLLM KV-cache usage",
                 "vLLM token throughput",
+                "vLLM time to first token p50 / p95",
+                "vLLM time per output token p95",
+                "vLLM queue time and end-to-end latency p95",
+                "vLLM preemptions",
+                "vLLM finish reasons",
             ]
         },
     ),
@@ -214,16 +220,19 @@ def test_every_alert_is_labelled_explained_guarded_and_unit_tested_both_ways() -
     assert len({r["alert"] for r in rules}) == len(rules), "alert names must be unique"
     for rule in rules:
         name, expr = rule["alert"], rule["expr"]
-        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         assert rule["labels"]["category"] in (
+            "slo",
+            "latency",
             "quality",
             "candidate",
             "shadow",
             "pipeline",
-            "latency",
             "sentinel",
+            "meta",
         )
         assert rule["annotations"]["summary"].strip(), name
+        assert_runbook_and_dashboard(name, rule["annotations"])
         assert re.search(r"^1\. ", rule["annotations"]["description"], re.M), f"{name}: no first step to take"
         assert name in fired, f"{name}: no promtool test where it fires"
         assert name in quiet, f"{name}: no promtool test where it stays quiet"
@@ -231,6 +240,20 @@ def test_every_alert_is_labelled_explained_guarded_and_unit_tested_both_ways() -
             assert ">=" in expr, f"{name}: a ratio with no minimum count behind it"
         unknown = set(SHADOWTAP_METRIC.findall(expr)) - known
         assert not unknown, f"{name} reads series shadowtap does not export: {sorted(unknown)}"
+
+
+def assert_runbook_and_dashboard(name: str, annotations: dict[str, str]) -> None:
+    """The alert's runbook section exists, and its dashboard link names a dashboard that does."""
+    path, _, anchor = annotations["runbook_url"].partition("#")
+    runbook = ROOT / path
+    assert runbook.parent == RUNBOOKS and runbook.exists(), f"{name}: no runbook {path}"
+    headings = {
+        line[3:].strip().lower() for line in runbook.read_text().splitlines() if line.startswith("## ")
+    }
+    assert anchor == name.lower() and anchor in headings, f"{name}: {path} has no section #{anchor}"
+    dashboard = re.fullmatch(r"/d/([\w-]+)(?:\?.*)?", annotations["dashboard"])
+    assert dashboard, f"{name}: dashboard link {annotations['dashboard']!r} is not /d/<uid>"
+    assert dashboard.group(1) in {board["uid"] for board in dashboards().values()}, name
 
 
 def test_every_recording_rule_is_named_for_what_it_holds_read_and_unit_tested() -> None:
@@ -244,13 +267,16 @@ def test_every_recording_rule_is_named_for_what_it_holds_read_and_unit_tested() 
     readers = [rule["expr"] for rule in alert_rules()] + [
         target["expr"] for board in dashboards().values() for _, target in panel_queries(board)
     ]
+    readers += [rule["expr"] for rule in rules]  # a recorded count a recorded ratio divides by
     assert rules, "no recording rules"
     for rule in rules:
         name, expr = rule["record"], rule["expr"]
         assert RECORDED_NAME.fullmatch(name), f"{name}: not named level:metric:operations"
-        unknown = set(SHADOWTAP_METRIC.findall(expr)) - exported
+        unknown = set(SHADOWTAP_METRIC.findall(expr)) - exported - {r["record"] for r in rules}
         assert not unknown, f"{name} reads series shadowtap does not export: {sorted(unknown)}"
-        assert any(name in reader for reader in readers), f"{name}: recorded but read by no alert or panel"
+        assert any(name in reader for reader in readers if reader != expr), (
+            f"{name}: recorded but read by nothing"
+        )
         assert name in tested, f"{name}: no promtool promql_expr_test checks what it records"
 
 
@@ -267,8 +293,14 @@ def test_alerts_route_to_the_right_receivers() -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    assert receivers(alertname="ShadowProxyOverheadHigh", severity="critical", category="latency") == (
+    assert receivers(alertname="ShadowSLOAvailabilityBudgetBurn", severity="critical", category="slo") == (
         "shadowtap-webhook,oncall-pagerduty,ops-slack"
+    )
+    assert receivers(alertname="ShadowProxyEventLoopBlocked", severity="critical", category="latency") == (
+        "shadowtap-webhook,oncall-pagerduty,ops-slack"
+    )
+    assert receivers(alertname="ShadowVllmTargetDown", severity="info", category="candidate") == (
+        "shadowtap-webhook,ops-slack"
     )
     assert receivers(
         alertname="ShadowCandidateOnlyRefusals", severity="warning", category="quality", segment="billing"
@@ -281,7 +313,7 @@ def test_alerts_route_to_the_right_receivers() -> None:
         assert got[0] == "shadowtap-webhook" and len(got) >= 2, f"{rule['alert']} reaches no people: {got}"
 
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
-    assert config["route"]["group_by"] == ["alertname", "segment"]
+    assert config["route"]["group_by"] == ["alertname", "env", "segment"]
     text = ALERTMANAGER_CONFIG.read_text()
     assert not re.search(r"hooks\.slack\.com|routing_key:\s|api_url:\s|service_key:\s", text), (
         "a secret inline"
@@ -820,6 +852,7 @@ def test_dashboards_are_well_formed_with_unique_ids_and_defined_variables() -> N
         "shadowtap · Quality by failure mode",
         "shadowtap · Pipeline health",
         "shadowtap · Sentinel",
+        "shadowtap · Proxy SLO",
     }
     assert len({board["uid"] for board in boards.values()}) == len(boards)
     known = readable_series()
