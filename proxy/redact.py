@@ -116,7 +116,7 @@ class Redactor:
         `user`, `metadata` values and the rest. Left exactly as sent (and shared with `body`): `model`,
         the developer's `tools`/`functions`/`tool_choice`, and the structured-output schemas
         (`response_format`, Responses `text.format`), which scorers validate answers against; object keys;
-        numbers, booleans and nulls."""
+        numbers (but a card number sent as one), booleans and nulls."""
         if not self.enabled:
             return body, 0
         run = _Pass(self)
@@ -207,6 +207,8 @@ class _Pass:
             item = parent[key]
             if isinstance(item, str):
                 strings.append((parent, key))
+            elif type(item) is int and abs(item) >= _LONGEST_PLAIN_NUMBER:
+                self._number(parent, key, item)
             elif isinstance(item, dict):
                 parent[key] = copied_dict = dict(item)
                 todo += [(copied_dict, k) for k in copied_dict]
@@ -219,6 +221,15 @@ class _Pass:
                 parent[key] = await self.arguments(parent[key])
             else:
                 parent[key] = await self.text(parent[key])
+
+    def _number(self, parent: Any, key: Any, value: int) -> None:
+        """A card number sent as a JSON number (13-19 digits, an issuer's first digit, the Luhn check) is
+        masked: the value becomes "[CARD]". Other numbers keep their value, a bare 10-digit one included:
+        as a number it is far more often an id, a timestamp or an amount than a phone."""
+        digits = str(abs(value))
+        if self.redactor.settings.cards and _mask_card_digits(digits):
+            parent[key] = "[CARD]"
+            self.masked += 1
 
     async def _work(self, chars: int) -> None:
         """Count work done; past SLICE_CHARS (characters masked, or containers and values walked) since the
@@ -257,17 +268,22 @@ class _Pass:
         return "".join(out)
 
 
+# JSON numbers below this (fewer than 13 digits) are never a card number: not looked at.
+_LONGEST_PLAIN_NUMBER = 10**12
+
+
 def _digits(raw: str) -> str:
     """The digits of a match, as ASCII (`\\d` also matches other scripts' digits)."""
     return "".join(ch if ch.isascii() else str(int(ch)) for ch in raw if ch.isdecimal())
 
 
 def _mask_card(match: re.Match[str]) -> str:
-    digits = _digits(match.group(0))
+    return "[CARD]" if _mask_card_digits(_digits(match.group(0))) else match.group(0)
+
+
+def _mask_card_digits(digits: str) -> bool:
     # Issuers' prefixes start 2-6 (Mastercard, Amex, Diners, JCB, Visa, Discover, UnionPay, Maestro).
-    if 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits):
-        return "[CARD]"
-    return match.group(0)
+    return 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_ok(digits)
 
 
 # A calendar date inside a candidate: `2026-05-01`, `01.05.2026`, `05-31-2026`.

@@ -522,3 +522,28 @@ def test_a_large_structure_without_strings_also_lets_the_loop_run(redactor):
 
     assert masked == body and count == 0
     assert turns >= 250_000 // redact.SLICE_CHARS - 1
+
+
+def test_a_card_number_sent_as_a_json_number_is_masked_and_other_numbers_keep_their_value(redactor):
+    keep = {
+        "ts": 1714559400,
+        "ts_ms": 1714559400123,
+        "snowflake_id": 1764672000123456789,
+        "order_id": 2026000123,
+        "bare_phone_like_id": 4155550134,
+        "amount_cents": 123456789012,
+        "not_luhn": 4111111111111112,
+        "price": 4111111111111111.0,  # a float is an amount, never a card
+        "flag": True,
+    }
+    body = {
+        "model": "m",
+        "messages": [],
+        "metadata": {**keep, "card": 4111111111111111, "neg": -5500005555555559},
+    }
+
+    masked, count = asyncio.run(redactor.mask_request(body))
+
+    assert masked["metadata"] == {**keep, "card": "[CARD]", "neg": "[CARD]"}
+    assert count == 2
+    assert body["metadata"]["card"] == 4111111111111111  # the request the proxy forwarded is untouched
