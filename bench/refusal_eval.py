@@ -15,7 +15,9 @@ features include the cue's verdict).
 Third-party sources are read from --data (see bench/train_refusal.py); without it only the sets in
 tests/data are used.
 
-    python bench/refusal_eval.py [--data /tmp/refusal-data] [--runs 5] [--answers 5000]
+    python bench/refusal_eval.py [--data /tmp/refusal-data] [--runs 5] [--answers 5000] [--misses]
+
+--misses also lists the held-out answers the shipped detector gets wrong (refusing against answered).
 """
 
 from __future__ import annotations
@@ -202,6 +204,20 @@ def leave_one_source_out(examples: Sequence[Example]) -> None:
     print()
 
 
+def print_misses(examples: Sequence[Example]) -> None:
+    print("== held-out answers the shipped detector gets wrong (refusing against answered)")
+    for example in examples:
+        detection = detect_refusal(example.text)
+        if (detection.label in REFUSING) != (example.label in REFUSING):
+            text = " ".join(example.text.split())
+            print(
+                f"  [{example.source} {example.kind}] gold={example.label} got={detection.label} "
+                f"p={detection.refusing:.2f} features={list(detection.top_features)}"
+            )
+            print(f"      {text[:160]}{'...' if len(text) > 160 else ''}")
+    print()
+
+
 def speed_corpus(examples: Sequence[Example], answers: int) -> list[str]:
     """Answers of about SPEED_CHARS characters: longer texts cut at a word, shorter ones joined."""
     corpus: list[str] = []
@@ -238,6 +254,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="folder holding the third-party sources")
     parser.add_argument("--runs", type=int, default=5, help="throughput runs; the median is reported")
     parser.add_argument("--answers", type=int, default=5000, help="answers per throughput run")
+    parser.add_argument("--misses", action="store_true", help="list the held-out answers it gets wrong")
     args = parser.parse_args()
 
     examples = load_examples(args.data)
@@ -250,6 +267,9 @@ def main() -> None:
     print(HEADER)
     compare("non-English", foreign, learned_with(load_model()), show_confusion=False)
     print()
+
+    if args.misses:
+        print_misses([e for e in examples if e.held_out])
 
     print(f"== 4. speed on ~{SPEED_CHARS}-character answers")
     corpus = speed_corpus(examples, args.answers)
