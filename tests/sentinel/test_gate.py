@@ -398,3 +398,59 @@ def test_the_cli_gate_shows_the_rule_and_warns_on_a_small_set(tmp_path: Path) ->
     assert gated.exit_code == 1, gated.output
     assert "Holm" in gated.output and "p (Holm)" in gated.output
     assert "a pass here is weak evidence" in gated.output
+
+
+def test_a_judge_that_flips_too_often_is_flagged_and_sent_to_review(tmp_path: Path) -> None:
+    pairs_path = tmp_path / "pairs.jsonl"
+    write_pairs(pairs_path, {"general": 40})
+    cli = CliRunner()
+
+    def biased_judge(route: str, body: dict[str, Any]) -> Reply:
+        return Reply(text=json.dumps({"winner": "A", "reason": "always the first"}))  # every verdict flips
+
+    def reworded(route: str, body: dict[str, Any]) -> Reply:
+        return Reply(text=f"In other words: {last_user_text(body)[:20]}")
+
+    with (
+        serve_in_thread(SimulatedLLM("prod").app) as prod,
+        serve_in_thread(SimulatedLLM("cand", reworded).app) as cand,
+        serve_in_thread(SimulatedLLM("judge-x", biased_judge).app) as judge,
+    ):
+        (tmp_path / "shadowtap.yaml").write_text(
+            f"sink:\n  data_dir: {tmp_path / 'data'}\nsentinel:\n  strata: [segment]\n  size: 40\n"
+            f"  judge: {{base_url: '{judge.base_url}', model: judge-x, backoff_base_s: 0}}\n"
+        )
+        data = ["--config", str(tmp_path / "shadowtap.yaml")]
+        assert (
+            cli.invoke(
+                sentinel, ["build", "--input", str(pairs_path), "--out", str(tmp_path / "set"), *data]
+            ).exit_code
+            == 0
+        )
+        common = ["run", "--set", str(tmp_path / "set"), "--no-progress", *data]
+        first = cli.invoke(sentinel, [*common, "--target", prod.base_url, "--model", "prod"])
+        assert first.exit_code == 0, first.output
+        assert cli.invoke(sentinel, ["pin", "latest", "--model", "prod", *data]).exit_code == 0
+        second = cli.invoke(
+            sentinel, [*common, "--target", cand.base_url, "--model", "cand", "--baseline", "pinned:prod"]
+        )
+        assert second.exit_code == 0, second.output
+    assert "flips 40 of 40 (100.0%, allowed 20%) FLAGGED" in second.output
+    assert "uncalibrated" in second.output
+    gated = cli.invoke(
+        sentinel,
+        ["gate", "--baseline", "pinned", "--baseline-model", "prod", "--candidate-model", "cand", *data],
+    )
+    assert gated.exit_code == 0, gated.output  # nothing else changed; the judge's verdicts are not trusted
+    assert "judge flips: 40 of 40" in gated.output and "to human review" in gated.output
+
+
+@pytest.mark.unit
+def test_new_sentinel_keys_are_validated_by_name() -> None:
+    from shadowtap.config import load_settings
+    from shadowtap.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sentinel.judge_agreement_floor"):
+        load_settings(overrides={"sentinel": {"judge_agreement_floor": 2}}, environ={})
+    with pytest.raises(ConfigError, match="sentinel.min_gating_cell"):
+        load_settings(overrides={"sentinel": {"min_gating_cell": 0}}, environ={})

@@ -27,6 +27,8 @@ from shadowtap.stats import (
     z_quantile,
 )
 
+pytestmark = pytest.mark.unit
+
 # --------------------------------------------------------------------------------------------------
 # Wilson interval
 
