@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from shadowtap.config import Settings
 from shadowtap.errors import ConfigError
-from shadowtap.metrics import ScoringMetrics
+from shadowtap.metrics import ScoringMetrics, register_process_metrics
 from shadowtap.proxy.sinks import encode_record
 from shadowtap.records import PairRecord, ReviewItem, ScoreRecord, jsonl_lines, score_key, validate_pair
 from shadowtap.scorers.runner import ScoringPipeline, build_scorers
@@ -183,7 +183,11 @@ class KafkaWorker:
         self.settings = settings
         self.kafka = kafka
         self.metrics = ScoringMetrics(registry)
+        register_process_metrics(registry)
         self.pipeline = make_pipeline(settings, self.metrics)
+        self.metrics.initialise_scorers(self.pipeline.scorers, settings.tags.segments)
+        heartbeat = settings.scoring.heartbeat_file
+        self.heartbeat = Path(heartbeat) if heartbeat else None
         self.concurrency = settings.scoring.concurrency or KAFKA_CONCURRENCY
         self.batch_size = settings.scoring.batch_size
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -223,6 +227,7 @@ class KafkaWorker:
         try:
             while not self.stopping:
                 polled = self.consumer.poll(timeout_ms=500, max_records=self.batch_size)
+                self._beat()
                 self._update_lag()
                 if not polled:
                     if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
@@ -237,6 +242,15 @@ class KafkaWorker:
 
     def stop(self) -> None:
         self.stopping = True
+
+    def _beat(self) -> None:
+        """Touch scoring.heartbeat_file: a liveness probe's sign that the consume loop still turns (a
+        worker stuck in a poll or a batch stops touching it)."""
+        if self.heartbeat is not None:
+            try:
+                self.heartbeat.touch()
+            except OSError as exc:
+                log.warning("cannot touch scoring.heartbeat_file %s: %s", self.heartbeat, exc)
 
     def _process(self, loop: asyncio.AbstractEventLoop, polled: dict[Any, list[Any]]) -> None:
         """Score one polled batch and commit its records with its offsets, or rewind to score it again."""

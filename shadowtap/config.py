@@ -340,6 +340,9 @@ class ScoringSettings(_Section):
     batch_size: int = Field(default=100, ge=1)
     # Scorer name -> its settings (or false); unset: the scorers that need no outside service.
     scorers: dict[str, ScorerEntry] | None = None
+    # A Kafka worker touches this file on every turn of its consume loop (a liveness probe checks its
+    # age; deploy/k8s/worker.yaml); unset: no file.
+    heartbeat_file: str | None = Field(default=None, min_length=1)
 
 
 class SentinelSettings(_Section):

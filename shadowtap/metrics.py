@@ -488,6 +488,8 @@ class ScoringMetrics:
 def register_process_metrics(registry: CollectorRegistry) -> None:
     """process_*, python_gc_*, python_info and shadowtap_build_info on a registry of our own (the
     default registry has the first three; ours is passed in, so they are added here)."""
+    if registry.get_sample_value("shadowtap_build_info", _BUILD_LABELS) is not None:
+        return  # registered already (a registry takes each name once)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -497,7 +499,10 @@ def register_process_metrics(registry: CollectorRegistry) -> None:
         ["version", "python"],
         registry=registry,
     )
-    build.labels(version=__version__, python=platform.python_version()).set(1)
+    build.labels(**_BUILD_LABELS).set(1)
+
+
+_BUILD_LABELS = {"version": __version__, "python": platform.python_version()}
 
 
 def segment_label(value: str | None, allowed: frozenset[str] | set[str]) -> str:
