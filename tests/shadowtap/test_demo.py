@@ -125,6 +125,7 @@ def test_the_demo_writes_valid_records_and_a_review_queue(demo_run: DemoRun):
         "format_regression",
         "tool_call_invalid",
         "different_tool",
+        "refusal_uncertain",
     }
 
 
