@@ -57,7 +57,13 @@ class Proxy:
         self.candidate = Upstream("candidate", settings.candidate) if settings.candidate.url else None
         self.signals = ProductionSignals(settings, metrics)  # feedback and retries
         self.shadow = (
-            ShadowDispatcher(settings, self.candidate, metrics, [*handlers, self.signals.pair_recorded])
+            ShadowDispatcher(
+                settings,
+                self.candidate,
+                metrics,
+                [*handlers, self.signals.pair_recorded],
+                primary=self.primary,
+            )
             if self.candidate is not None
             else None
         )

@@ -31,7 +31,7 @@ from shadowtap.proxy.redact import Redactor
 from shadowtap.proxy.retry import Exchange, RetryDetector
 from shadowtap.proxy.shadow import MIRRORED_ROUTES, Sampler
 from shadowtap.proxy.sinks import JsonlSink, Sink
-from shadowtap.records import PairRecord, utc_now_rfc3339
+from shadowtap.records import PairRecord, is_noise_floor, utc_now_rfc3339
 
 __all__ = ["FEEDBACK_PATH", "ProductionSignals", "ResponseIndex", "response_id_of"]
 
@@ -197,8 +197,10 @@ class ProductionSignals:
             log.exception("retry detection failed")
 
     def pair_recorded(self, pair: PairRecord) -> None:
-        """A pair handler: ties the pair's id to its primary response id."""
-        self.index.pair_recorded(pair)
+        """A pair handler: ties the pair's id to its primary response id (a noise-floor pair, which shares
+        the candidate pair's primary answer, is not what feedback on that answer is about)."""
+        if not is_noise_floor(pair):
+            self.index.pair_recorded(pair)
 
     # ------------------------------------------------------------------ the feedback endpoint
 

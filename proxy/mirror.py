@@ -12,11 +12,13 @@ from typing import Any
 MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
 
-def candidate_body(route: str, body: dict[str, Any], model: str) -> bytes:
-    """The request as the candidate gets it: under the candidate's model name and, for the Responses API,
-    with `store` off (the candidate's answers are for the record, never for later requests)."""
+def candidate_body(route: str, body: dict[str, Any], model: str | None) -> bytes:
+    """The request as the candidate gets it: under the candidate's model name (None: the client's, for the
+    primary's second answer of a noise-floor pair) and, for the Responses API, with `store` off (the
+    second answer is for the record, never for later requests)."""
     out = dict(body)
-    out["model"] = model
+    if model is not None:
+        out["model"] = model
     if route == "/v1/responses":
         out["store"] = False
     return json.dumps(out).encode()

@@ -172,7 +172,7 @@ def _ready() -> bool:
     return _worker_redactor is not None
 
 
-def prepare(route: str, raw: bytes, model: str, key_field: str) -> Prepared | str:
+def prepare(route: str, raw: bytes, model: str | None, key_field: str) -> Prepared | str:
     """A large request body, parsed: what mirroring it takes, or why it cannot be (a skip reason)."""
     body = request_body(route, raw)
     if isinstance(body, str):
@@ -234,7 +234,7 @@ class Offload:
         self._pool = pool
         return pool
 
-    async def prepare(self, route: str, raw: bytes, model: str, key_field: str) -> Prepared | str:
+    async def prepare(self, route: str, raw: bytes, model: str | None, key_field: str) -> Prepared | str:
         result: Prepared | str = await self._run(prepare, route, raw, model, key_field)
         return result
 

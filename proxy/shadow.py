@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -34,8 +34,8 @@ from shadowtap.proxy.offload import Offload, OffloadFailed, PairParts, Prepared,
 from shadowtap.proxy.record import CUT_TEXT_BYTES, SideAssembler, SideResult, length_bucket
 from shadowtap.proxy.redact import Redactor
 from shadowtap.proxy.transport import UpstreamResponse
-from shadowtap.proxy.upstream import Upstream
-from shadowtap.records import PairRecord
+from shadowtap.proxy.upstream import Upstream, forward_headers
+from shadowtap.records import NOISE_FLOOR, PairRecord
 from shadowtap.request_text import input_chars
 
 log = logging.getLogger("shadowtap.shadow")
@@ -60,6 +60,9 @@ class ShadowJob:
     tags: dict[str, str]
     primary: asyncio.Future[SideResult]
     sample_by_body: bool = False  # sampled on a field of a large body: decided once the worker parsed it
+    # A noise-floor job asks the primary again (with the client's headers), not the candidate.
+    noise_floor: bool = False
+    client_headers: list[tuple[bytes, bytes]] | None = None
     candidate_body: bytes | None = None
     candidate: SideResult | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -101,6 +104,15 @@ class Sampler:
         return int.from_bytes(digest, "big") / 2**64 < rate
 
 
+def _echo_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The client's headers (its credentials included) for asking the primary again, framing left to the
+    transport."""
+    return [(k, v) for k, v in forward_headers(headers) if k.lower() not in _FRAMING]
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     for k, v in headers:
         if k.lower() == name:
@@ -136,9 +148,11 @@ class ShadowDispatcher:
         candidate: Upstream,
         metrics: Metrics,
         handlers: Sequence[PairHandler],
+        primary: Upstream | None = None,
     ) -> None:
         self.settings = settings
         self.candidate = candidate
+        self.primary = primary  # asked again for the noise floor (none given: no noise-floor pairs)
         self.metrics = metrics
         self.handlers = handlers
         self.sampler = Sampler(settings)
@@ -205,6 +219,19 @@ class ShadowDispatcher:
         job.tags["length_bucket"] = length_bucket(input_chars(body), self.settings.tags.length_buckets)
         return job
 
+    def _noise_floor_job(self, job: ShadowJob) -> ShadowJob | None:
+        """Now and then (`shadow.noise_floor_rate`), the same request for the primary again: its pair with
+        the user's answer is the noise floor. It shares the job's primary side (the same future)."""
+        rate = self.settings.shadow.noise_floor_rate
+        if job.client_headers is None or random.random() >= rate:
+            return None
+        return replace(
+            job,
+            pair_id=f"{random.getrandbits(128):032x}",
+            tags={**job.tags, "comparison": NOISE_FLOOR},
+            noise_floor=True,
+        )
+
     def _consider_large(
         self, route: str, headers: list[tuple[bytes, bytes]], raw_body: bytes
     ) -> ShadowJob | None:
@@ -225,6 +252,7 @@ class ShadowDispatcher:
         self, route: str, headers: list[tuple[bytes, bytes]], raw_body: bytes, body: dict[str, Any] | None
     ) -> ShadowJob:
         segment = _header(headers, self.segment_header)
+        noise_floor = self.primary is not None and self.settings.shadow.noise_floor_rate > 0.0
         return ShadowJob(
             # Unique, not secret: 128 random bits without a getrandom() syscall on the request path.
             pair_id=f"{random.getrandbits(128):032x}",
@@ -235,10 +263,21 @@ class ShadowDispatcher:
             stream=body is not None and body.get("stream") is True,
             tags={"route": route, "segment": (segment or "none")[:64]},
             primary=asyncio.get_running_loop().create_future(),
+            client_headers=_echo_headers(headers) if noise_floor else None,
         )
 
     def submit(self, job: ShadowJob) -> bool:
-        """Hand the job to the workers, or drop it (counted) when the queue is full. Never waits."""
+        """Hand the job (and, now and then, its noise-floor twin) to the workers, or drop it (counted) when
+        the queue is full. Never waits."""
+        if not self._queue(job):
+            return False
+        twin = self._noise_floor_job(job)
+        if twin is not None:
+            self._queue(twin)
+        job.client_headers = None  # only the twin asks the primary
+        return True
+
+    def _queue(self, job: ShadowJob) -> bool:
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -340,10 +379,9 @@ class ShadowDispatcher:
         """A large body, parsed by the offload worker: whether it is mirrored (why not is counted)."""
         route, m = job.route, self.metrics
         assert self.model is not None  # a job is made only once the model is known
+        model = None if job.noise_floor else self.model  # the primary is asked under the client's name
         try:
-            prepared: Prepared | str = await self.offload.prepare(
-                route, job.raw, self.model, self.sampler.field
-            )
+            prepared: Prepared | str = await self.offload.prepare(route, job.raw, model, self.sampler.field)
         except OffloadFailed:
             m.shadow_dropped.labels(route=route, reason="offload_failed").inc()
             return False
@@ -362,13 +400,14 @@ class ShadowDispatcher:
     async def call_candidate(self, job: ShadowJob) -> SideResult:
         """Send the job's request to the candidate and assemble its answer; every failure is the result's
         `error`, counted by kind."""
-        settings = self.settings.candidate
+        settings = self.settings.primary if job.noise_floor else self.settings.candidate
         assert self.model is not None  # a job is made only once the model is known
+        model = None if job.noise_floor else self.model
         body = job.candidate_body
         if body is None:
             assert job.body is not None
-            body = candidate_body(job.route, job.body, self.model)
-        result = SideResult(model=self.model)
+            body = candidate_body(job.route, job.body, model)
+        result = SideResult(model=model or (job.body or {}).get("model"))
         started = time.perf_counter()
         assembler = SideAssembler(
             streaming=job.stream,
@@ -378,7 +417,7 @@ class ShadowDispatcher:
         )
         try:
             async with asyncio.timeout(settings.timeout_s):
-                response = await self.candidate.send("POST", job.route, self._candidate_headers, body)
+                response = await self._send_shadow(job, body)
                 try:
                     _answer_began(response, job, result, assembler)
                     async for chunk in response.aiter_raw():
@@ -392,8 +431,15 @@ class ShadowDispatcher:
             _answer_ended(job, result, assembler)
         except (TimeoutError, httpx.HTTPError, ValueError) as exc:
             self._candidate_failed(exc, job, result, assembler, started)
-        self._count_candidate(job.route, result)
+        if not job.noise_floor:  # the primary's second answers are not the candidate's
+            self._count_candidate(job.route, result)
         return result
+
+    async def _send_shadow(self, job: ShadowJob, body: bytes) -> UpstreamResponse:
+        if job.noise_floor:
+            assert self.primary is not None and job.client_headers is not None
+            return await self.primary.send("POST", job.route, job.client_headers, body)
+        return await self.candidate.send("POST", job.route, self._candidate_headers, body)
 
     def _candidate_failed(
         self, exc: Exception, job: ShadowJob, result: SideResult, assembler: SideAssembler, started: float
@@ -471,6 +517,7 @@ class ShadowDispatcher:
         """Mask and build the record — a small pair here (a long text a piece at a time, the loop serving
         other requests in between), a large one in the offload worker — and hand it to every handler."""
         primary = job.primary.result() if not job.primary.cancelled() else SideResult().fail("cancelled", "")
+        primary = replace(primary)  # a noise-floor twin shares it: each record masks its own copy
         candidate = job.candidate or SideResult().fail("missing", "no candidate result")
         for name, side in (("primary", primary), ("candidate", candidate)):
             if side.truncated:
@@ -499,7 +546,9 @@ class ShadowDispatcher:
         error = record["candidate"]["error"]
         if candidate_parsed_late and error is not None:  # found only now, by parsing: counted now
             self.metrics.candidate_errors.labels(route=job.route, kind=error["kind"]).inc()
-        self.metrics.pairs.labels(route=job.route).inc()
+        (self.metrics.noise_floor_pairs if job.noise_floor else self.metrics.pairs).labels(
+            route=job.route
+        ).inc()
         for handler in self.handlers:
             try:
                 handler(record)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import PairRecord, Score
+from shadowtap.records import PairRecord, Score, is_noise_floor
 from shadowtap.scorers.base import ScorerConfig, validate_config
 
 __all__ = ["LatencyConfig", "LatencyLengthScorer"]
@@ -62,7 +62,7 @@ class LatencyLengthScorer:
             "ttft": _ratio(candidate.get("ttft_ms"), primary.get("ttft_ms")),
             "length": _ratio(len(candidate.get("text") or ""), len(primary.get("text") or "")),
         }
-        if self.metrics is not None:
+        if self.metrics is not None and not is_noise_floor(pair):  # the candidate's ratios only
             segment = segment_label((pair.get("tags") or {}).get("segment"), self.segments)
             for metric, value in ratios.items():
                 if value is not None:

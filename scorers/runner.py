@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from shadowtap.config import SCORER_ENTRY_POINT_GROUP, ScorerEntry, ScoringSettings, section_error
 from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import PairRecord, ReviewItem, Score, ScoreRecord
+from shadowtap.records import PairRecord, ReviewItem, Score, ScoreRecord, is_noise_floor
 from shadowtap.scorers.base import Scorer, ScorerPlugin, config_key, validate_config
 
 __all__ = ["DEFAULT_SCORERS", "ENTRY_POINT_GROUP", "ScoringPipeline", "available_scorers", "build_scorers"]
@@ -120,6 +120,7 @@ class ScoringPipeline:
                 "scores": records,
             }
             for reason in self.review_reasons(scores)
+            if not is_noise_floor(pair)  # the primary against itself: nothing for a human to look into
         ]
         return records, review
 
@@ -128,10 +129,9 @@ class ScoringPipeline:
     ) -> None:
         """Export the outcomes of one scored pair; called once the records are safely stored."""
         segment = segment_label((pair.get("tags") or {}).get("segment"), self.segments)
+        counter = self.metrics.noise_floor_scores if is_noise_floor(pair) else self.metrics.scores
         for r in records:
-            self.metrics.scores.labels(
-                scorer=r["scorer"], side=r["side"], outcome=r["outcome"], segment=segment
-            ).inc()
+            counter.labels(scorer=r["scorer"], side=r["side"], outcome=r["outcome"], segment=segment).inc()
         for item in review:
             self.metrics.review_items.labels(reason=item["reason"]).inc()
         self.metrics.pairs_scored.labels(source=source).inc()

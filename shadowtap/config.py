@@ -213,6 +213,11 @@ class ShadowSettings(_Section):
     # A request body, or an answer, over this many bytes is parsed, masked and encoded in the offload
     # worker process instead of on the proxy's event loop (0: every pair is).
     offload_bytes: int = Field(default=64 * 1024, ge=0)
+    # The noise floor (A/A): this share of mirrored requests is also sent a second time to the primary,
+    # and that primary-against-primary pair is recorded (tags.comparison: noise_floor) and scored like
+    # any other: what each scorer reports when nothing changed. It adds this share of the mirrored
+    # requests to the primary's load, so it is off unless asked for (0.02 is a good start).
+    noise_floor_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # "concurrent": the candidate starts with the primary (fair latency comparison);
     # "after_primary": it starts once the primary has answered (never competes with it).
     start: Literal["concurrent", "after_primary"] = "concurrent"

@@ -278,6 +278,13 @@ class Metrics:
         self.pairs = Counter(
             "shadowtap_pairs_total", "Pair records assembled and handed to the sink.", ["route"], registry=r
         )
+        self.noise_floor_pairs = Counter(
+            "shadowtap_noise_floor_pairs_total",
+            "Noise-floor pairs handed to the sink: the primary's answer against its second answer to the same "
+            "request (shadow.noise_floor_rate). Not in shadowtap_pairs_total.",
+            ["route"],
+            registry=r,
+        )
 
         # Production signals (the primary's, whether or not the request was mirrored)
         self.feedback = Counter(
@@ -367,6 +374,13 @@ class ScoringMetrics:
         self.scores = Counter(
             "shadowtap_scores_total",
             "Score outcomes by scorer, side (primary, candidate, pair), outcome and segment.",
+            ["scorer", "side", "outcome", "segment"],
+            registry=r,
+        )
+        self.noise_floor_scores = Counter(
+            "shadowtap_noise_floor_scores_total",
+            "Score outcomes on noise-floor pairs (the primary against itself), labelled as shadowtap_scores_total "
+            "is: what each scorer reports when nothing changed. Not in shadowtap_scores_total.",
             ["scorer", "side", "outcome", "segment"],
             registry=r,
         )

@@ -8,7 +8,7 @@ JSON Schemas live in `shadowtap/schemas/` and are what tests validate against. R
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -137,6 +137,17 @@ def api_of_route(route: str) -> Api:
     if path.endswith("/completions") and not path.endswith("/chat/completions"):
         return "completions"
     return "chat"
+
+
+# `tags.comparison` of a noise-floor pair: the primary's answer against a second answer of the primary to
+# the same request (`shadow.noise_floor_rate`); a pair without the tag compares the candidate.
+NOISE_FLOOR = "noise_floor"
+
+
+def is_noise_floor(pair: Mapping[str, Any]) -> bool:
+    """Whether a pair is a noise-floor (primary against primary) pair, not a candidate's."""
+    tags = pair.get("tags")
+    return isinstance(tags, dict) and tags.get("comparison") == NOISE_FLOOR
 
 
 def pair_api(pair: PairRecord) -> Api:

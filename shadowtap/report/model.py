@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
-from shadowtap.records import SIDES, PairRecord, ScoreRecord, jsonl_lines, score_key
+from shadowtap.records import SIDES, PairRecord, ScoreRecord, is_noise_floor, jsonl_lines, score_key
 from shadowtap.report.feedback import FeedbackStats, feedback_stats, read_feedback_rows
 from shadowtap.report.findings import Finding, Verdict, find_changes
 from shadowtap.report.numbers import Rate
@@ -49,6 +49,9 @@ class Report:
     clean_segments: list[str]
     # Production signals per segment (and "all"); empty without feedback.jsonl records.
     feedback: dict[str, FeedbackStats] = field(default_factory=dict)
+    # The noise-floor pairs (the primary against its own second answer), all segments together; None when
+    # there are none. They are counted here only, never in the candidate's figures above.
+    noise_floor: SegmentStats | None = None
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -138,9 +141,18 @@ def build_report(data_dir: str | Path) -> Report:
     pair_rows, bad_pairs = _read_jsonl(paths["pairs"])
     raw_scores, bad_scores = _read_jsonl(paths["scores"])
     review, bad_review = _read_jsonl(paths["review"])
-    pairs = _as_pairs(pair_rows)
-    scores = {score_key(s): s for s in raw_scores if _is_score(s)}
+    every_pair = _as_pairs(pair_rows)
+    noise_pairs = [p for p in every_pair if is_noise_floor(p)]
+    noise_ids = {str(p.get("id")) for p in noise_pairs}
+    pairs = [p for p in every_pair if not is_noise_floor(p)]
+    every_score = {score_key(s): s for s in raw_scores if _is_score(s)}
+    scores = {key: s for key, s in every_score.items() if str(s["pair_id"]) not in noise_ids}
     segments, overall = _tally(pairs, scores.values())
+    noise_floor = (
+        _tally(noise_pairs, [s for s in every_score.values() if str(s["pair_id"]) in noise_ids])[1]
+        if noise_pairs
+        else None
+    )
     stamps = sorted(str(p["ts"]) for p in pairs if p.get("ts"))
     findings, verdicts = find_changes(segments, overall)
     flagged = {segment for (segment, _), v in verdicts.items() if v == "worse"}
@@ -166,4 +178,5 @@ def build_report(data_dir: str | Path) -> Report:
         verdicts=verdicts,
         clean_segments=[s.segment for s in segments if s.segment not in flagged],
         feedback=feedback_stats(pairs, read_feedback_rows(data_dir / "feedback.jsonl"), judged),
+        noise_floor=noise_floor,
     )

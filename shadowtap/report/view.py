@@ -13,7 +13,7 @@ from typing import Literal
 from shadowtap.records import SIDES, SideName
 from shadowtap.report.model import Report
 from shadowtap.report.numbers import Rate
-from shadowtap.report.segments import SegmentStats
+from shadowtap.report.segments import Mode, SegmentStats
 from shadowtap.report.tables import Cell, RateCell, Row, Table, TextCell, VerdictCell, tables
 
 __all__ = [
@@ -182,6 +182,46 @@ def signal_lines(report: Report) -> list[SummaryLine]:
     return [SummaryLine(said, "caution")]
 
 
+_NOISE_MODES: tuple[tuple[Mode, str], ...] = (
+    ("format", "format failures"),
+    ("refusal", "refusals"),
+    ("tools", "invalid tool calls"),
+    ("judge", "judge: share of pairs lost"),
+)
+
+
+def noise_floor_lines(report: Report) -> list[SummaryLine]:
+    """Each failure mode's difference on the noise-floor pairs (the primary against its own second answer)
+    beside the candidate's: a difference the candidate shows no more than the primary shows against
+    itself is what sampling alone does."""
+    noise = report.noise_floor
+    if noise is None:
+        return []
+    parts = []
+    for mode, name in _NOISE_MODES:
+        candidate, primary = report.overall.failure_rates(mode)
+        again, first = noise.failure_rates(mode)
+        if not again.n:
+            continue
+        parts.append(f"{name} {_points(again, first)} (candidate {_points(candidate, primary)})")
+    if not parts:
+        return []
+    return [
+        SummaryLine(
+            f"Noise floor, the primary against its own second answer on {noise.pairs} pairs: "
+            + "; ".join(parts)
+            + " — differences in points, second answer (or candidate) minus the primary's.",
+            "caution",
+        )
+    ]
+
+
+def _points(a: Rate, b: Rate) -> str:
+    if a.value is None or b.value is None:
+        return "–"
+    return f"{(a.value - b.value) * 100:+.1f}"
+
+
 def where_lines(report: Report) -> list[str]:
     reasons = ", ".join(f"{r} {n}" for r, n in report.review_reasons.most_common())
     lines = [
@@ -238,7 +278,7 @@ def build_view(report: Report) -> ReportView:
         data_dir=str(report.data_dir),
         simulated=report.simulated,
         headline=headline(report),
-        summary=tuple(summary_lines(report) + signal_lines(report)),
+        summary=tuple(summary_lines(report) + signal_lines(report) + noise_floor_lines(report)),
         tables=tables(report),
         where=tuple(where_lines(report)),
         judge_shares=_judge_shares(report),

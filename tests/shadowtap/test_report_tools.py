@@ -148,3 +148,24 @@ def test_a_run_without_tool_calls_shows_no_tool_call_table(tmp_path: Path) -> No
 
     assert "tools" not in [t.key for t in view.tables]
     assert "Valid tool-call rate" not in [chart.title for chart in view.rate_charts]
+
+
+def test_noise_floor_pairs_are_shown_beside_the_candidate_and_never_counted_as_the_candidates(
+    tmp_path: Path,
+) -> None:
+    pairs = run([WRONG_ENUM] * 10 + [VALID] * 30)
+    # The primary against its own second answer: 1 of 20 second answers breaks the schema too.
+    noise = [booking(100 + n, VALID, WRONG_ENUM if n == 0 else VALID) for n in range(20)]
+    for pair in noise:
+        pair["tags"]["comparison"] = "noise_floor"
+    write_run(tmp_path, pairs + noise)
+
+    report = build_report(tmp_path)
+
+    assert report.overall.pairs == 40  # the candidate's figures hold the candidate's pairs only
+    assert report.overall.tools_rate("candidate") == Rate(30, 40)
+    assert report.noise_floor is not None and report.noise_floor.pairs == 20
+    assert report.noise_floor.tools_rate("candidate") == Rate(19, 20)
+    [line] = [s.sentence for s in build_view(report).summary if s.sentence.startswith("Noise floor")]
+    assert "on 20 pairs" in line
+    assert "invalid tool calls +5.0 (candidate +25.0)" in line
