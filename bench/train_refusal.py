@@ -41,6 +41,7 @@ IN_REPO_SOURCES = {
     "shadowtap-labelled": "refusal_labelled.jsonl",
     "shadowtap-heldout": "refusal_heldout.jsonl",
     "shadowtap-written": "refusal_written.jsonl",
+    "shadowtap-deflection": "refusal_deflection.jsonl",
 }
 
 
