@@ -21,7 +21,8 @@ WINDOW_S = 10.0
 
 
 class LoopLagSampler:
-    """Samples the loop's lag every `interval` seconds into `shadowtap_event_loop_lag_seconds`."""
+    """Samples the loop's lag every `interval` seconds into `shadowtap_event_loop_lag_seconds` (the worst
+    of the last 10 s) and `shadowtap_event_loop_delay_seconds` (every sample)."""
 
     def __init__(self, metrics: Metrics, interval: float = 0.1) -> None:
         if interval <= 0:
@@ -52,8 +53,7 @@ class LoopLagSampler:
             self.record(max(0.0, time.perf_counter() - due))
 
     def record(self, lag: float) -> None:
-        """One sample: the gauge shows the worst of the last WINDOW_S seconds; the counters add it up."""
+        """One sample: the gauge shows the worst of the last WINDOW_S seconds, the histogram every one."""
         self._recent.append(lag)
         self.metrics.loop_lag.set(max(self._recent))
-        self.metrics.loop_lag_total.inc(lag)
-        self.metrics.loop_lag_samples.inc()
+        self.metrics.loop_delay.observe(lag)

@@ -88,6 +88,7 @@ JUDGE_CALL_OUTCOMES = ("ok", "malformed", "error", "rate_limited")
 JUDGE_SKIP_REASONS = ("not_sampled", "budget_exhausted", "missing_answer")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+LOOP_DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # The proxy's own time: sub-millisecond when healthy, up to seconds when its event loop is blocked.
 OVERHEAD_BUCKETS = (
     0.0001,
@@ -226,14 +227,11 @@ class Metrics:
             "How late the event loop ran a timer: the largest lag sampled over the last 10 seconds.",
             registry=r,
         )
-        self.loop_lag_total = Counter(
-            "shadowtap_event_loop_delay_seconds_total",
-            "Sum of the event loop's sampled lags (its rate is seconds of delay per second).",
-            registry=r,
-        )
-        self.loop_lag_samples = Counter(
-            "shadowtap_event_loop_lag_samples_total",
-            "Event-loop lag samples taken.",
+        self.loop_delay = Histogram(
+            "shadowtap_event_loop_delay_seconds",
+            "Each sample of the event loop's lag (how late a timer ran): the share of samples over 100 ms is "
+            "what ShadowProxyEventLoopBlocked pages on.",
+            buckets=LOOP_DELAY_BUCKETS,
             registry=r,
         )
         self.primary_errors = Counter(

@@ -7,11 +7,7 @@ before its first event, so `increase()` sees a first burst.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import openai
@@ -19,38 +15,8 @@ import pytest
 
 from shadowtap.metrics import OVERHEAD_BUCKETS, REJECTION_REASONS, SHADOW_DROP_REASONS
 from tests.conftest import RunningProxy, Upstream
+from tests.deploy.loops import LoopBlocker, proxy_loop
 from tests.helpers import wait_for
-
-
-def proxy_loop(proxy: RunningProxy) -> asyncio.AbstractEventLoop:
-    app: Any = proxy.handle.server.config.app  # the app `build` made, with the sampler it started
-    sampler = app.state.loop_lag
-    loop = wait_for(lambda: sampler.loop, timeout=10, what="the loop-lag sampler to start")
-    assert isinstance(loop, asyncio.AbstractEventLoop)
-    return loop
-
-
-class LoopBlocker:
-    """A blocking call on the proxy's event loop, 0.2 s every 0.5 s (a synchronous library in a handler)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, block_s: float = 0.2, every_s: float = 0.5) -> None:
-        self.loop = loop
-        self.block_s = block_s
-        self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="loop-blocker", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.loop.call_soon_threadsafe(time.sleep, self.block_s)
-
-    def __enter__(self) -> LoopBlocker:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -78,27 +44,29 @@ def ask(client: openai.OpenAI, n: int) -> None:
 
 def mean_lag_over(proxy: RunningProxy, client: openai.OpenAI, samples: int) -> float:
     """The mean sampled lag over the next `samples` samples, with requests going through meanwhile."""
-    delay0 = proxy.metric("shadowtap_event_loop_delay_seconds_total")
-    taken0 = proxy.metric("shadowtap_event_loop_lag_samples_total")
+    delay0 = proxy.metric("shadowtap_event_loop_delay_seconds_sum")
+    taken0 = proxy.metric("shadowtap_event_loop_delay_seconds_count")
     n = 0
 
     def enough() -> bool:
         nonlocal n
         ask(client, n)
         n += 1
-        return proxy.metric("shadowtap_event_loop_lag_samples_total") - taken0 >= samples
+        return proxy.metric("shadowtap_event_loop_delay_seconds_count") - taken0 >= samples
 
     wait_for(enough, timeout=30, what=f"{samples} loop-lag samples")
-    taken = proxy.metric("shadowtap_event_loop_lag_samples_total") - taken0
-    return (proxy.metric("shadowtap_event_loop_delay_seconds_total") - delay0) / taken
+    taken = proxy.metric("shadowtap_event_loop_delay_seconds_count") - taken0
+    return (proxy.metric("shadowtap_event_loop_delay_seconds_sum") - delay0) / taken
 
 
 def test_a_blocked_event_loop_shows_in_the_loop_lag_gauge(served: tuple[RunningProxy, openai.OpenAI]) -> None:
     proxy, client = served
     loop = proxy_loop(proxy)
     healthy = mean_lag_over(proxy, client, 20)
+    late0 = late_samples(proxy)
     with LoopBlocker(loop):
         blocked = mean_lag_over(proxy, client, 20)
+        late = late_samples(proxy)
         gauge = wait_for(
             lambda: proxy.metric("shadowtap_event_loop_lag_seconds") >= 0.15 or None,
             timeout=10,
@@ -107,6 +75,16 @@ def test_a_blocked_event_loop_shows_in_the_loop_lag_gauge(served: tuple[RunningP
     assert gauge
     # Blocked 0.2 s every 0.5 s: about one sample in four is up to 0.2 s late.
     assert blocked > healthy + 0.02, f"mean lag {blocked:.3f} s blocked against {healthy:.3f} s healthy"
+    # What ShadowProxyEventLoopBlocked reads: more than one sample in ten over 100 ms late.
+    share = (late[0] - late0[0]) / (late[1] - late0[1])
+    assert share > 0.1, f"only {share:.0%} of the samples were over 100 ms late"
+
+
+def late_samples(proxy: RunningProxy) -> tuple[float, float]:
+    """(samples over 100 ms late, samples) so far."""
+    count = proxy.metric("shadowtap_event_loop_delay_seconds_count")
+    on_time = proxy.metric("shadowtap_event_loop_delay_seconds_bucket", le="0.1")
+    return count - on_time, count
 
 
 def test_added_latency_is_observed_per_answered_request_with_buckets_into_seconds(
