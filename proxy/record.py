@@ -49,6 +49,9 @@ _UNFINISHED = {
 }
 # Every event that carries a generated token has one of these; only those are parsed for the first token.
 _TOKEN_MARKERS = (b"delta", b'"text"', b"output_item.added")
+# A plain (not streamed) answer is kept up to max_bytes // PLAIN_SHARE: about as long an answer as a
+# stream of max_bytes holds.
+PLAIN_SHARE = 4
 # A plain answer cut at the cap cannot be parsed: the record keeps this much of it, as text.
 CUT_TEXT_BYTES = 64 * 1024
 # One `feed` inflates at most this much of a gzip or deflate body; the rest waits for the next chunk (or
@@ -173,7 +176,7 @@ class SideAssembler:
 
     `feed` is cheap (it only keeps references and, for streams, notes when content first arrived);
     parsing is done once, in `finish` — or, for a body over `parse_inline_bytes`, later, by the result's
-    `settle` (in the offload worker). At most `max_bytes` decoded bytes are kept (a gzip or deflate body
+    `settle` (in the offload worker). At most `cap` decoded bytes are kept (a gzip or deflate body
     is never inflated much past them, and at most INFLATE_STEP_BYTES a call); past them the side is
     `truncated` and `feed` keeps nothing more.
     """
@@ -194,6 +197,12 @@ class SideAssembler:
     def __post_init__(self) -> None:
         self._decoder = _decompressor(self.content_encoding)
 
+    @property
+    def cap(self) -> int:
+        """Bytes kept of this body: `max_bytes` of a stream, a quarter of it of a plain JSON body, which
+        carries no per-token framing (the same answer is several times longer as SSE events)."""
+        return self.max_bytes if self.streaming else self.max_bytes // PLAIN_SHARE
+
     def set_content_encoding(self, content_encoding: str) -> None:
         """Decode what `feed` gets from now on (gzip, deflate); raises ValueError for other codings."""
         self.content_encoding = content_encoding
@@ -213,11 +222,11 @@ class SideAssembler:
     def _inflate(self, data: bytes) -> bytes:
         """Decode what fits (one byte past the room tells it is full), at most INFLATE_STEP_BYTES."""
         assert self._decoder is not None
-        room = self.max_bytes - self._kept
+        room = self.cap - self._kept
         return self._decoder.decompress(data, min(room + 1, INFLATE_STEP_BYTES))
 
     def _keep(self, chunk: bytes) -> None:
-        room = self.max_bytes - self._kept
+        room = self.cap - self._kept
         if len(chunk) > room:
             chunk = chunk[:room]
             self.truncated = True

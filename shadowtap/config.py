@@ -207,8 +207,9 @@ class ShadowSettings(_Section):
     queue_size: int = Field(default=256, ge=1)
     # A request body over this many bytes is not mirrored (`too_large`), and streams to the primary.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
-    # Each side's answer is kept for the record up to this many bytes (decoded: a gzip body is inflated
-    # no further); past it the side is recorded `truncated` and the rest is not kept.
+    # Each side's streamed answer is kept for the record up to this many bytes, a plain one up to a quarter
+    # of it (decoded: a gzip body is inflated no further); past it the side is recorded `truncated` and
+    # the rest is not kept.
     max_record_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # A request body, or an answer, over this many bytes is parsed, masked and encoded in the offload
     # worker process instead of on the proxy's event loop (0: every pair is).

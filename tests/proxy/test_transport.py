@@ -822,7 +822,7 @@ def test_a_candidate_answer_past_the_record_cap_is_cut_off_and_recorded_as_trunc
 def test_a_primary_answer_past_the_record_cap_reaches_the_client_whole(
     upstream_factory, proxy_factory, candidate
 ):
-    text = "0123456789abcdef" * (9 * 1024 * 1024 // 16)  # 9 MiB: past the 8 MiB default record cap
+    text = "0123456789abcdef" * (9 * 1024 * 1024 // 16)  # 9 MiB: past the default record cap (1 MiB plain)
     primary = upstream_factory("primary-model", lambda route, body: Reply(text=text))
     proxy = proxy_factory(primary.base_url, candidate.base_url)
 
