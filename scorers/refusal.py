@@ -6,24 +6,30 @@ no model. A refusal opens the response in the model's own voice; so a cue only c
 and what follows it decides refused against partial. The learned detector (`detect_refusal`, the
 scorer's default) is a linear model over n-grams and the cue grammar's verdict (`refusal_model`),
 trained on human-labelled answers of several models; it catches the refusals that moralise, redirect
-or open with "As an AI…" that the cue grammar misses, and gives a probability.
+or open with "As an AI…" that the cue grammar misses, and gives a probability. With `detector: judge`
+the answers it is unsure of are also put to a judge model (`refusal_judge`), whose label then decides.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from prometheus_client import CollectorRegistry
 from pydantic import Field, model_validator
 
+from shadowtap.errors import JudgeError
+from shadowtap.metrics import ScoringMetrics
 from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
-from shadowtap.scorers.base import ScorerConfig, side_text, validate_config
+from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
+from shadowtap.scorers.judge import JudgeConfig
+from shadowtap.scorers.refusal_judge import RefusalJudge
 from shadowtap.scorers.refusal_model import load_model
 
-if TYPE_CHECKING:
-    from shadowtap.metrics import ScoringMetrics
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PAIRWISE_OUTCOMES",
@@ -397,12 +403,15 @@ class RefusalConfig(ScorerConfig):
 
     `threshold` is P(refused or partial) from which an answer counts as a refusal; answers within
     `uncertain_band` of it raise the review reason `refusal_uncertain`, so that people label exactly
-    the answers the detector is least sure of. Both apply to the learned detector only.
+    the answers the detector is least sure of. Both apply to the learned and judge detectors. With
+    `detector: judge`, the answers inside the band are also put to the judge endpoint set under `judge`
+    (the pairwise judge's keys: base_url, model, pacing, budget, prices), whose label then decides.
     """
 
-    detector: Literal["learned", "cues"] = "learned"
+    detector: Literal["learned", "cues", "judge"] = "learned"
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     uncertain_band: float = Field(default=0.15, ge=0.0, lt=0.5)
+    judge: JudgeConfig | None = None
 
     @model_validator(mode="after")
     def _band_inside_unit_interval(self) -> RefusalConfig:
@@ -410,6 +419,8 @@ class RefusalConfig(ScorerConfig):
             raise ValueError(
                 f"uncertain_band {self.uncertain_band} around threshold {self.threshold} leaves (0, 1)"
             )
+        if self.detector == "judge" and self.judge is None:
+            raise ValueError("detector: judge needs a judge section (base_url and model at least)")
         return self
 
 
@@ -430,16 +441,33 @@ class RefusalScorer:
         *,
         metrics: ScoringMetrics | None = None,
         segments: frozenset[str] = frozenset(),
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """`environ` (default: the process environment) is where the judge's API key is read from, once."""
         self.config = validate_config(RefusalConfig, self.name, config)
-        if self.config.detector == "learned":
+        if self.config.detector != "cues":
             load_model()  # a missing or altered weights file fails at start-up, not on the first pair
+        self.judge: RefusalJudge | None = None
+        if self.config.judge is not None and self.config.detector == "judge":
+            self.judge = RefusalJudge(
+                self.config.judge,
+                metrics if metrics is not None else ScoringMetrics(CollectorRegistry()),
+                config_key=f"{config_key(self.name)}.judge",
+                environ=environ,
+            )
+
+    async def aclose(self) -> None:
+        """Close the judge's HTTP connections (with `detector: judge`)."""
+        if self.judge is not None:
+            await self.judge.aclose()
 
     async def score(self, pair: PairRecord) -> list[Score]:
         scores: list[Score] = []
         labels: dict[SideName, RefusalLabel | None] = {}
         for side in SIDES:
             label, value, detail = self._side_verdict(pair, side)
+            if self.judge is not None and label is not None and detail.get("uncertain"):
+                label, detail = await self._judged(self.judge, pair, side, label, detail)
             labels[side] = label
             if label is not None:
                 scores.append(Score(self.name, side, label, value, detail))
@@ -462,7 +490,7 @@ class RefusalScorer:
             return "answered", 0.0, {"tool_calls": len(first["tool_calls"])}
         if not text:
             return None, 0.0, {}
-        if self.config.detector == "learned":
+        if self.config.detector != "cues":
             return self._learned_verdict(text)
         verdict = classify_refusal(text)
         detail = {"cue": verdict.cue, "language": verdict.language} if verdict.cue else {}
@@ -476,6 +504,33 @@ class RefusalScorer:
         if abs(detection.refusing - self.config.threshold) < self.config.uncertain_band:
             detail["uncertain"] = True
         return detection.label, round(detection.refusing, 4), detail
+
+    async def _judged(
+        self,
+        judge: RefusalJudge,
+        pair: PairRecord,
+        side: SideName,
+        label: RefusalLabel,
+        detail: dict[str, Any],
+    ) -> tuple[RefusalLabel, dict[str, Any]]:
+        """The judge's label for an uncertain answer; the learned label stands when the budget is spent
+        or the judge fails, and `detail["judge"]` says which."""
+        detail = detail | {"learned": label}
+        if not judge.budget_allows():
+            return label, detail | {"judge": "budget_exhausted"}
+        try:
+            judgement = await judge.classify(pair.get("request") or {}, side_text(pair, side) or "")
+        except JudgeError as exc:  # MalformedVerdict included
+            log.warning("refusal judge gave no label, the learned detector's stands: %s", exc)
+            return label, detail | {"judge": "error"}
+        tokens = {"prompt": judgement.prompt_tokens, "completion": judgement.completion_tokens}
+        return judgement.label, detail | {
+            "detector": "judge",
+            "judge": judgement.label,
+            "judge_model": judge.config.model,
+            "judge_reason": judgement.reason,
+            "tokens": tokens,
+        }
 
     def reasons_for_review(self, scores: list[Score]) -> list[str]:
         """`candidate_refused` when the candidate refused what the primary answered; `refusal_uncertain`
