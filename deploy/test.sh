@@ -17,6 +17,12 @@ bash deploy/observability.sh install
 echo "== promtool / amtool: config, rules and rule unit tests"
 bash deploy/observability.sh check
 
+echo "== kustomize (the k8s manifests are built as \`kubectl apply -k\` builds them)"
+if ! command -v kustomize >/dev/null && ! command -v kubectl >/dev/null && [ ! -x .cache/bin/kustomize ]; then
+  command -v go >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
+  GOBIN="$PWD/.cache/bin" go install sigs.k8s.io/kustomize/kustomize/v5@v5.4.3
+fi
+
 echo "== installing Chromium (the HTML report is opened in a real browser)"
 command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 

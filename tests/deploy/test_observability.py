@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from shadowtap.metrics import Metrics, ScoringMetrics
 from shadowtap.request_text import last_user_text
 from shadowtap.testing.upstreams import Policy, Reply, default_policy
 from tests.conftest import RunningProxy, Upstream
+from tests.deploy.loops import LoopBlocker, proxy_loop
 from tests.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -720,7 +722,9 @@ def _drive(
             "scorers": {
                 "format": {"rules": [{"route": "/v1/chat/completions", "max_words": 40}]},
                 "tools": {},
-                "refusal": {},
+                # The cue grammar: this scenario is about the alerting path, and the learned detector
+                # reads the candidate's "Answer to: How do I reset my router? Hope this helps." as a refusal.
+                "refusal": {"detector": "cues"},
                 "latency": {},
                 "judge": {
                     "base_url": judge.base_url,
@@ -737,6 +741,9 @@ def _drive(
         },
     )
     obs.set_targets("shadowtap-proxy", [f"127.0.0.1:{proxy.handle.port}"])
+    # The vLLM scrape target is unreachable all along (the candidate here is not vLLM): that is an info
+    # alert, and never the candidate being down, while every shadow call is answered.
+    obs.set_targets("vllm", [f"127.0.0.1:{free_port()}"])
     wait_for(
         lambda: obs.query('up{job="shadowtap-proxy"} == 1'),
         timeout=20,
@@ -766,6 +773,13 @@ def _drive(
             what="the refusal alert at the webhook",
         )
         alerted_at = time.time()
+        # Requests without a segment header are a fourteenth of the traffic: too few for any alert.
+        wait_for(
+            lambda: obs.webhook.firing("ShadowQualityDataInsufficient", segment="none", scorer="refusal"),
+            timeout=30,
+            interval=0.2,
+            what="the insufficient-data alert for the thin segment",
+        )
         # One more scrape and evaluation with everything in it, while the proxy is still up.
         wait_for(
             lambda: obs.query(f'timestamp(up{{job="shadowtap-proxy"}}) > {alerted_at}'),
@@ -801,6 +815,7 @@ def test_a_candidate_that_starts_refusing_pages_the_team_through_alertmanager(
     assert before == []
     assert run.alerted_at - run.swapped_at < 60
     assert run.requests_sent > 0
+    print(f"refusal regression alerted {run.alerted_at - run.swapped_at:.0f} s after the candidate changed")
 
 
 @needs_tools
@@ -819,6 +834,17 @@ def test_quality_alerts_are_silenced_while_the_candidate_is_down(observability: 
         alert("ShadowCandidateErrorRate", env="inhibit-test", category="candidate"),
         alert("ShadowSinkRecordsDropped", env="inhibit-test", category="pipeline", sink="kafka"),
         alert("ShadowCandidateOnlyRefusals", env="inhibit-prod", category="quality", segment="billing"),
+        # vLLM's scrape target down is information: it silences nothing.
+        {
+            **alert("ShadowVllmTargetDown", env="inhibit-vllm", category="candidate"),
+            "labels": {
+                "alertname": "ShadowVllmTargetDown",
+                "severity": "info",
+                "category": "candidate",
+                "env": "inhibit-vllm",
+            },
+        },
+        alert("ShadowCandidateOnlyRefusals", env="inhibit-vllm", category="quality", segment="billing"),
     ]
     response = httpx.post(f"{observability.alertmanager}/api/v2/alerts", json=sent, timeout=10)
     assert response.status_code == 200, response.text
@@ -838,6 +864,8 @@ def test_quality_alerts_are_silenced_while_the_candidate_is_down(observability: 
         ("ShadowCandidateErrorRate", "inhibit-test"): "suppressed",
         ("ShadowSinkRecordsDropped", "inhibit-test"): "active",
         ("ShadowCandidateOnlyRefusals", "inhibit-prod"): "active",
+        ("ShadowVllmTargetDown", "inhibit-vllm"): "active",
+        ("ShadowCandidateOnlyRefusals", "inhibit-vllm"): "active",
     }
 
 
@@ -945,7 +973,9 @@ def test_every_dashboard_query_returns_data_from_the_real_prometheus(
         for variable in board["templating"]["list"]:
             if variable["type"] != "query" or board["uid"] == "shadowtap-sentinel" and "sentinel" in absent:
                 continue
-            metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"]).groups()
+            metric, label = re.fullmatch(r"label_values\(([\w:]+), (\w+)\)", variable["definition"]).groups()
+            if any(EXEMPT_WHILE_ABSENT[part][1].search(metric) for part in absent):
+                continue
             if not observability.query(f"count by ({label}) ({metric})", at=at):
                 empty.append(f"{name}: variable {variable['name']}")
         for panel, target in panel_queries(board):
@@ -959,6 +989,135 @@ def test_every_dashboard_query_returns_data_from_the_real_prometheus(
                 empty.append(f"{name}: {panel['title']} [{target['refId']}] {expr} -> {values}")
     assert not empty, "queries with no data:\n" + "\n".join(empty)
     assert checked >= 40
+
+
+@needs_tools
+@pytest.mark.slow
+def test_an_unreachable_vllm_target_is_information_and_never_the_candidate_down(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    run = run_scenario(observability, upstream_factory, proxy_factory)
+    delivered = observability.webhook.firing("ShadowVllmTargetDown", env="test")
+    assert delivered, "the unreachable vLLM target was not said"
+    assert {alert["labels"]["severity"] for _, alert in delivered} == {"info"}
+    # All along the run: the candidate answered, so it was never down, and nothing was inhibited.
+    ever_down = observability.query(
+        'max_over_time(ALERTS{alertname="ShadowCandidateDown"}[15m])', at=run.queried_at
+    )
+    assert ever_down == []
+    assert not observability.webhook.firing("ShadowCandidateDown", env="test")
+    refusals = observability.webhook.firing("ShadowCandidateOnlyRefusals", env="test")
+    assert {path for path, _ in refusals} >= {"/quality-slack"}
+
+
+@needs_tools
+@pytest.mark.slow
+def test_a_segment_with_too_little_traffic_says_so_instead_of_staying_silent(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    run = run_scenario(observability, upstream_factory, proxy_factory)
+    delivered = observability.webhook.firing(
+        "ShadowQualityDataInsufficient", segment="none", scorer="refusal"
+    )
+    _, alert = delivered[0]
+    assert alert["labels"]["severity"] == "info"
+    assert "cannot judge segment none" in alert["annotations"]["description"]
+    # At the end: the segments said to be thin are exactly those under the refusal alerts' minimum, and
+    # the busy one (it had too little at the start, and said so) is not among them.
+    thin = 'ALERTS{alertname="ShadowQualityDataInsufficient", scorer="refusal", alertstate="firing"}'
+    firing = {s["metric"]["segment"] for s in observability.query(thin, at=run.queried_at)}
+    samples = observability.query(
+        'segment_scorer:shadowtap_quality_samples:increase6h{scorer="refusal"}', at=run.queried_at
+    )
+    under = {s["metric"]["segment"] for s in samples if float(s["value"][1]) < 50}
+    under -= {
+        s["metric"]["segment"]
+        for s in samples
+        if s["metric"]["segment"] in ("none", "other") and float(s["value"][1]) == 0
+    }
+    assert firing and firing == under and "billing" not in firing
+
+
+@needs_tools
+@pytest.mark.slow
+def test_a_blocked_event_loop_pages_and_a_healthy_run_did_not(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    run_scenario(observability, upstream_factory, proxy_factory)
+    user_facing = (
+        "ShadowProxyEventLoopBlocked",
+        "ShadowSLOAvailabilityBudgetBurn",
+        "ShadowSLOLatencyBudgetBurn",
+    )
+    for name in user_facing:
+        assert not observability.webhook.firing(name), f"{name} paged during the healthy run"
+
+    primary = upstream_factory("primary-model")
+    proxy = proxy_factory(primary.base_url, None)
+    instance = f"127.0.0.1:{proxy.handle.port}"
+    observability.set_targets("shadowtap-proxy", [instance])
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0, timeout=30)
+    blocked_at = time.time()
+    with LoopBlocker(proxy_loop(proxy)):
+        for n in itertools.count():
+            send(client, n, "billing", "Where is my invoice?", False)
+            paths = {
+                path
+                for path, _ in observability.webhook.firing("ShadowProxyEventLoopBlocked", instance=instance)
+            }
+            if paths >= {"/oncall-pagerduty", "/ops-slack"}:
+                break
+            assert time.time() - blocked_at < 150, "no page for the blocked event loop within 150 s"
+    paged = time.time() - blocked_at
+    delivered = observability.webhook.firing("ShadowProxyEventLoopBlocked", instance=instance)
+    assert {path for path, _ in delivered} >= {"/oncall-pagerduty", "/ops-slack"}
+    _, alert = delivered[0]
+    assert alert["labels"]["severity"] == "critical"
+    assert "every request there waits" in alert["annotations"]["summary"]
+    print(f"blocked event loop (0.2 s every 0.5 s) paged after {paged:.0f} s (for: 0s, 1 s scrapes)")
+
+
+@needs_tools
+@pytest.mark.slow
+def test_a_vanished_proxy_target_alerts(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    primary = upstream_factory("primary-model")
+    proxy = proxy_factory(primary.base_url, None)
+    observability.set_targets("shadowtap-proxy", [f"127.0.0.1:{proxy.handle.port}"])
+    wait_for(
+        lambda: (
+            observability.query('up{job="shadowtap-proxy"} == 1')
+            and not observability.query(
+                'ALERTS{alertname="ShadowtapProxyTargetsAbsent", alertstate="firing"}'
+            )
+        ),
+        timeout=30,
+        interval=0.2,
+        what="the proxy target discovered",
+    )
+    vanished_at = datetime.now(UTC)
+    observability.set_targets("shadowtap-proxy", [])  # scaled to zero: no target, so no `up == 0` either
+
+    def fired_after_vanishing() -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (path, alert)
+            for path, alert in observability.webhook.firing("ShadowtapProxyTargetsAbsent", env="test")
+            if datetime.fromisoformat(alert["startsAt"]) >= vanished_at - timedelta(seconds=1)
+        ]
+
+    delivered = wait_for(fired_after_vanishing, timeout=60, interval=0.2, what="the absent-target alert")
+    print(f"vanished proxy target alerted after {(datetime.now(UTC) - vanished_at).total_seconds():.0f} s")
+    assert {path for path, _ in delivered} >= {"/oncall-pagerduty"}
+    assert not observability.query('up{job="shadowtap-proxy"}'), "the vanished target still has an up series"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1028,16 +1187,26 @@ def test_compose_file_passes_docker_compose_config() -> None:
     assert missing.returncode != 0 and "PRIMARY_URL" in missing.stderr
 
 
-def k8s_documents() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+def k8s_documents(root: Path = K8S / "operator") -> list[dict[str, Any]]:
+    """What `kustomize build root` yields, read the way kustomize reads it: resources (files, or folders
+    with their own kustomization), configMapGenerator files, the namespace. Every path must stay inside
+    its kustomization's folder, or a folder it names as a resource: kustomize's load restrictor."""
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
     for resource in kustomization["resources"]:
-        docs.extend(d for d in yaml.safe_load_all((K8S / resource).read_text()) if d)
-    for generator in kustomization["configMapGenerator"]:
+        path = (root / resource).resolve()
+        if path.is_dir():
+            docs.extend(k8s_documents(path))
+            continue
+        assert path.parent == root.resolve(), f"{root}: resource {resource} is outside its folder"
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    for generator in kustomization.get("configMapGenerator", []):
         data = {}
         for entry in generator["files"]:
             key, _, source = entry.partition("=")
-            data[key] = (K8S / source).read_text()
+            path = (root / source).resolve()
+            assert path.is_relative_to(root.resolve()), f"{root}: {source} needs --load-restrictor"
+            data[key] = path.read_text()
         labels = generator.get("options", {}).get("labels", {})
         docs.append(
             {
@@ -1048,8 +1217,49 @@ def k8s_documents() -> list[dict[str, Any]]:
             }
         )
     for doc in docs:
-        doc["metadata"].setdefault("namespace", kustomization["namespace"])
+        if "namespace" in kustomization and doc["kind"] != "Namespace":
+            doc["metadata"]["namespace"] = kustomization["namespace"]
     return docs
+
+
+def kustomize_command() -> list[str] | None:
+    """kustomize (deploy/test.sh installs it into .cache/bin when neither it nor kubectl is there)."""
+    for candidate in (shutil.which("kustomize"), str(ROOT / ".cache" / "bin" / "kustomize")):
+        if candidate and Path(candidate).exists():
+            return [candidate, "build"]
+    kubectl = shutil.which("kubectl")
+    return [kubectl, "kustomize"] if kubectl else None
+
+
+@pytest.mark.skipif(kustomize_command() is None, reason="kustomize not installed: run deploy/test.sh")
+def test_kubectl_apply_k_builds_both_kustomizations_without_flags() -> None:
+    command = kustomize_command()
+    assert command is not None
+    built: dict[str, list[dict[str, Any]]] = {}
+    for name, folder in (("base", K8S), ("operator", K8S / "operator")):
+        result = subprocess.run([*command, str(folder)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        built[name] = [d for d in yaml.safe_load_all(result.stdout) if d]
+    # The base has nothing that needs the Prometheus Operator's CRDs; the overlay adds exactly that.
+    assert not any(d["apiVersion"].startswith("monitoring.coreos.com/") for d in built["base"])
+    extra = {(d["kind"], d["metadata"]["name"]) for d in built["operator"]} - {
+        (d["kind"], d["metadata"]["name"]) for d in built["base"]
+    }
+    assert {kind for kind, _ in extra} == {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    # The reading of the kustomizations that the other tests use agrees with kustomize itself.
+    ours = {(d["kind"], d["metadata"]["name"]) for d in k8s_documents()}
+    assert ours == {(d["kind"], d["metadata"]["name"]) for d in built["operator"]}
+
+
+def test_the_k8s_copies_match_their_sources() -> None:
+    files = K8S / "base" / "files"
+    hint = "run `bash deploy/k8s/sync.sh`"
+    assert (files / "shadowtap.yaml").read_text() == (DEPLOY / "shadowtap.example.yaml").read_text(), hint
+    assert (files / "shadowtap.rules.yml").read_text() == RULES.read_text(), hint
+    copies = {p.name: p.read_text() for p in (files / "dashboards").glob("*.json")}
+    assert copies == {p.name: p.read_text() for p in DASHBOARDS.glob("*.json")}, hint
+    (rule,) = yaml.safe_load_all((K8S / "operator" / "prometheusrule.yaml").read_text())
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"], hint
 
 
 def test_k8s_manifests_fit_together() -> None:
@@ -1130,3 +1340,177 @@ def test_k8s_manifests_pass_the_kubernetes_schema() -> None:
         kubernetes_validate.validate(doc, version, strict=True)
         validated += 1
     assert validated >= 10
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(workload name, pod spec) for every workload that makes pods."""
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield doc["metadata"]["name"], spec["template"]["spec"]
+        elif doc["kind"] == "CronJob":
+            yield doc["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]
+
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What keeps a pod spec out of Pod Security's "restricted" profile (Kubernetes' pod security
+    standards, latest version): host namespaces, volume types, privilege, capabilities, non-root,
+    seccomp, host ports."""
+    found = [f"spec.{key}" for key in ("hostNetwork", "hostPID", "hostIPC") if pod.get(key)]
+    found += [
+        f"volume {v['name']}: {sorted(set(v) - {'name'})}"
+        for v in pod.get("volumes", [])
+        if not set(v) - {"name"} <= RESTRICTED_VOLUMES
+    ]
+    pod_context = pod.get("securityContext", {})
+    if pod_context.get("runAsUser") == 0:
+        found.append("pod runAsUser 0")
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        name = container["name"]
+        context = container.get("securityContext", {})
+        if context.get("privileged"):
+            found.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities.drop lacks ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: adds capabilities {capabilities['add']}")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            found.append(f"{name}: runAsNonRoot is not true")
+        if context.get("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile is not RuntimeDefault")
+        found += [
+            f"{name}: hostPort {p['hostPort']}" for p in container.get("ports", []) if p.get("hostPort")
+        ]
+    return found
+
+
+def test_every_pod_passes_pod_security_restricted_and_the_namespace_enforces_it() -> None:
+    docs = k8s_documents()
+    pods = dict(pod_templates(docs))
+    assert set(pods) == {"shadowtap-proxy", "shadowtap-worker", "shadowtap-pushgateway", "shadowtap-sentinel"}
+    for name, pod in pods.items():
+        assert not restricted_violations(pod), f"{name}: {restricted_violations(pod)}"
+    (namespace,) = [d for d in docs if d["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    # The check itself finds what the profile forbids.
+    loose = {"containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False}}]}
+    assert len(restricted_violations(loose)) == 3  # capabilities, runAsNonRoot, seccomp
+
+
+def test_the_k8s_manifests_survive_drains_rollouts_and_missing_secrets() -> None:
+    docs = k8s_documents()
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    proxy = by_kind["Deployment"]["shadowtap-proxy"]
+    pod = proxy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # The HorizontalPodAutoscaler owns the replica count.
+    assert "replicas" not in proxy["spec"]
+    assert by_kind["HorizontalPodAutoscaler"]["shadowtap-proxy"]["spec"]["minReplicas"] >= 2
+    # A drained node takes one replica at a time, and replicas spread over nodes.
+    for name in ("shadowtap-proxy", "shadowtap-worker"):
+        budget = by_kind["PodDisruptionBudget"][name]["spec"]
+        labels = by_kind["Deployment"][name]["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= labels.items() and budget["maxUnavailable"] == 1
+        spread = by_kind["Deployment"][name]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert "kubernetes.io/hostname" in {c["topologyKey"] for c in spread}
+    # A stopping replica leaves the load balancers before SIGTERM, and is given longer than its worst
+    # drain: the preStop pause, then shutdown_grace_s for requests, shadows, the sink and scoring.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    grace_s = float(env["SHADOWTAP_SERVER_SHUTDOWN_GRACE_S"])
+    pause_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pause_s + 4 * grace_s
+    # A missing key stops the pods from starting instead of running without it.
+    for _, spec in pod_templates(docs):
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                assert ref is None or not ref.get("optional"), f"{c['name']}: {e['name']} is optional"
+    # The worker's liveness is its consume loop's heartbeat file.
+    (worker,) = by_kind["Deployment"]["shadowtap-worker"]["spec"]["template"]["spec"]["containers"]
+    heartbeat = next(e["value"] for e in worker["env"] if e["name"] == "SHADOWTAP_SCORING_HEARTBEAT_FILE")
+    for probe in ("startupProbe", "livenessProbe"):
+        assert heartbeat in " ".join(worker[probe]["exec"]["command"]), probe
+    mounts = {m["mountPath"] for m in worker["volumeMounts"]}
+    assert str(Path(heartbeat).parent) in mounts, "the heartbeat file is on the read-only root"
+    # The Pushgateway keeps its pushes on a volume across restarts.
+    gateway = by_kind["Deployment"]["shadowtap-pushgateway"]["spec"]["template"]["spec"]
+    (gw,) = gateway["containers"]
+    persistence = next(a.split("=", 1)[1] for a in gw["args"] if a.startswith("--persistence.file="))
+    (mount,) = [m for m in gw["volumeMounts"] if persistence.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in gateway["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] in by_kind["PersistentVolumeClaim"]
+
+
+def test_compose_scales_the_proxy_behind_a_load_balancer_and_runs_the_webhook_it_names() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert "ports" not in services["proxy"], "a fixed host port keeps --scale proxy=N from starting"
+    assert "8080:8080" in services["lb"]["ports"] and "proxy" in services["lb"]["depends_on"]
+    haproxy = (DEPLOY / "compose" / "haproxy.cfg").read_text()
+    assert re.search(r"^\s*server-template proxy \d+ proxy:8080 .*resolvers docker", haproxy, re.M)
+    # The webhook Alertmanager notifies is a service of this file, on the port and path it is sent to.
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    (hook,) = next(r for r in config["receivers"] if r["name"] == "shadowtap-webhook")["webhook_configs"]
+    url = httpx.URL(hook["url"])
+    assert url.host in services, f"Alertmanager notifies {url.host}, which compose does not run"
+    assert services[url.host]["command"][-1] == str(url.port)
+    assert "webhook_token" in services[url.host]["secrets"]
+    gateway = services["pushgateway"]
+    persistence = next(a.split("=", 1)[1] for a in gateway["command"] if a.startswith("--persistence.file="))
+    assert any(persistence.startswith(v.split(":")[1] + "/") for v in gateway["volumes"])
+
+
+def test_the_compose_webhook_logs_each_notification_and_refuses_a_wrong_token(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "ALERT_HOOK_LOG": str(tmp_path / "log" / "notifications.jsonl"),
+        "ALERT_HOOK_TOKEN_FILE": str(tmp_path / "token"),
+    }
+    hook = subprocess.Popen(
+        [sys.executable, str(DEPLOY / "compose" / "alert_hook.py"), str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{url}/healthz"), timeout=10, what="alert-hook to listen")
+        message = {"status": "firing", "groupKey": "g", "alerts": [{"labels": {"alertname": "X"}}]}
+        wrong = httpx.post(f"{url}/alertmanager", json=message, headers={"Authorization": "Bearer no"})
+        assert wrong.status_code == 401
+        right = httpx.post(f"{url}/alertmanager", json=message, headers={"Authorization": "Bearer s3cret"})
+        assert right.status_code == 200
+        logged = [
+            json.loads(line) for line in (tmp_path / "log" / "notifications.jsonl").read_text().splitlines()
+        ]
+        assert logged == [message]
+    finally:
+        hook.terminate()
+        hook.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
