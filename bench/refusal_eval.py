@@ -16,8 +16,11 @@ Third-party sources are read from --data (see bench/train_refusal.py); without i
 tests/data are used.
 
     python bench/refusal_eval.py [--data /tmp/refusal-data] [--runs 5] [--answers 5000] [--misses]
+                                 [--exclude SOURCE ...]
 
 --misses also lists the held-out answers the shipped detector gets wrong (refusing against answered).
+--exclude leaves a source out of everything (what leave-one-source-out retrains on, too), to show what
+it adds: e.g. `--exclude shadowtap-deflection` gives the figures from before that set.
 """
 
 from __future__ import annotations
@@ -255,9 +258,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="throughput runs; the median is reported")
     parser.add_argument("--answers", type=int, default=5000, help="answers per throughput run")
     parser.add_argument("--misses", action="store_true", help="list the held-out answers it gets wrong")
+    parser.add_argument(
+        "--exclude", nargs="+", default=[], metavar="SOURCE", help="leave these sources out of everything"
+    )
     args = parser.parse_args()
 
-    examples = load_examples(args.data)
+    everything = load_examples(args.data)
+    unknown = set(args.exclude) - {e.source for e in everything}
+    if unknown:
+        parser.error(f"--exclude: no such source {', '.join(sorted(unknown))}")
+    examples = [e for e in everything if e.source not in args.exclude]
     counts = {name: dict(Counter(e.label for e in items)) for name, items in by_source(examples).items()}
     print(f"sources: {counts}\n")
     held_out_table(examples)
