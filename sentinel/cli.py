@@ -541,7 +541,7 @@ def gate(
 ) -> None:
     """Compare a candidate run with a baseline; exit 1 when a failure mode regresses beyond chance."""
     from shadowtap.errors import GateError
-    from shadowtap.sentinel.gate import compare_runs
+    from shadowtap.sentinel.gate import compare_runs, noise_floor
     from shadowtap.sentinel.history import History
     from shadowtap.sentinel.render import console, gate_table
 
@@ -575,6 +575,8 @@ def gate(
         )
     except GateError as exc:
         raise NotComparable(str(exc)) from None
+    earlier = history.latest_run_before(base["model"], base["set_version"], base["ts"])
+    decision["noise_floor"] = None if earlier is None else noise_floor(earlier, base, config.sentinel)
     console().print(gate_table(decision, base, cand))
     if decision.get("judge"):
         click.echo(_judge_line(decision["judge"]))

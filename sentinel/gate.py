@@ -79,6 +79,9 @@ class GateDecision(TypedDict):
     set_size: int
     required_size: int
     judge: NotRequired[HeadToHead | None]
+    # The noise floor: each (mode, stratum) drop between the baseline model's own last two runs, when it
+    # has two comparable runs; keyed "mode|stratum".
+    noise_floor: NotRequired[dict[str, float] | None]
 
 
 class RunSide(TypedDict):
@@ -423,3 +426,16 @@ def append_review(path: Path, items: list[RegressedExample]) -> None:
     with path.open("a", encoding="utf-8") as out:
         for item in items:
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+def noise_floor(
+    earlier: RunRecord, baseline: RunRecord, settings: SentinelSettings
+) -> dict[str, float] | None:
+    """The baseline model against its own earlier run, mode by mode and cell by cell: the drop that
+    replaying alone makes (serving nondeterminism, the judge's noise) when nothing changed. None when the
+    two runs are not like for like."""
+    try:
+        aa = compare_runs(earlier, baseline, settings)
+    except GateError:
+        return None
+    return {f"{c['failure_mode']}|{c['stratum']}": c["drop_points"] for c in aa["comparisons"]}

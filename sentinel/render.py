@@ -29,6 +29,7 @@ GATE_COLUMNS = (
     "drop (points) [95% CI]",
     "p (Holm)",
     "n",
+    "A/A drop",
     "verdict",
 )
 
@@ -95,9 +96,11 @@ def gate_table(decision: GateDecision, baseline: RunRecord, candidate: RunRecord
         table.add_column(
             column, justify="left" if column in ("failure mode", "stratum", "verdict") else "right"
         )
+    noise = decision.get("noise_floor") or {}
     for c in decision["comparisons"]:
         low, high = c["interval_points"]
         adjusted = "-" if c["p_adjusted"] is None else f"{c['p_adjusted']:.3g}"
+        aa = noise.get(f"{c['failure_mode']}|{c['stratum']}")
         table.add_row(
             c["failure_mode"],
             c["stratum"],
@@ -106,12 +109,18 @@ def gate_table(decision: GateDecision, baseline: RunRecord, candidate: RunRecord
             f"{c['drop_points']:+.1f} [{low:+.1f}, {high:+.1f}]",
             f"{c['p_value']:.3g} ({adjusted})",
             str(c["paired"]),
+            "-" if aa is None else f"{aa:+.1f}",
             _verdict(c),
         )
     table.caption = (
         "drop = baseline - candidate (positive: worse); blocks when the one-sided paired test rejects at "
         f"family-wise alpha {decision['alpha']:g} (Holm) and the drop is at least "
-        f"{decision['rule']['min_drop_points']:g} point(s); cells gate from {decision['rule']['min_cell']} examples"
+        f"{decision['rule']['min_drop_points']:g} point(s); cells gate from {decision['rule']['min_cell']} examples; "
+        + (
+            "A/A drop = the baseline model against its own previous run: the noise floor"
+            if noise
+            else "A/A drop: the baseline model has no earlier comparable run, so no noise floor"
+        )
     )
     return table
 

@@ -40,7 +40,7 @@ SUPPORT_SYSTEM = (
     "unrelated to Northwind."
 )
 EXTRACTION_SYSTEM = (
-    "You read customer emails sent to orders@northwind.example and extract the request as JSON that "
+    "You read customer emails sent to the Northwind orders desk and extract the request as JSON that "
     "matches the given schema exactly. Use only information in the email."
 )
 

@@ -454,3 +454,51 @@ def test_new_sentinel_keys_are_validated_by_name() -> None:
         load_settings(overrides={"sentinel": {"judge_agreement_floor": 2}}, environ={})
     with pytest.raises(ConfigError, match="sentinel.min_gating_cell"):
         load_settings(overrides={"sentinel": {"min_gating_cell": 0}}, environ={})
+
+
+def test_the_gate_shows_the_baseline_models_own_noise_floor_beside_each_drop(tmp_path: Path) -> None:
+    pairs_path = tmp_path / "pairs.jsonl"
+    write_pairs(pairs_path, {"general": 40, "billing": 40})
+    cli = CliRunner()
+    data = ["--config", str(tmp_path / "shadowtap.yaml")]
+    (tmp_path / "shadowtap.yaml").write_text(
+        f"sink:\n  data_dir: {tmp_path / 'data'}\nsentinel:\n  strata: [segment]\n  size: 80\n"
+    )
+    built = cli.invoke(sentinel, ["build", "--input", str(pairs_path), "--out", str(tmp_path / "set"), *data])
+    assert built.exit_code == 0, built.output
+    with (
+        serve_in_thread(SimulatedLLM("good").app) as good,
+        serve_in_thread(SimulatedLLM("bad", refuses_segment("billing")).app) as bad,
+    ):
+        # The production model twice (its noise floor), then the candidate.
+        for url, model in ((good.base_url, "prod-v1"), (good.base_url, "prod-v1"), (bad.base_url, "cand-v2")):
+            ran = cli.invoke(
+                sentinel,
+                [
+                    "run",
+                    "--set",
+                    str(tmp_path / "set"),
+                    "--target",
+                    url,
+                    "--model",
+                    model,
+                    "--no-progress",
+                    *data,
+                ],
+            )
+            assert ran.exit_code == 0, ran.output
+    out = tmp_path / "decision.json"
+    gated = cli.invoke(
+        sentinel,
+        ["gate", "--baseline-model", "prod-v1", "--candidate-model", "cand-v2", "--output", str(out), *data],
+    )
+
+    assert gated.exit_code == 1, gated.output  # the candidate's billing refusals still block
+    assert "A/A drop" in gated.output and "the noise floor" in gated.output
+    decision = json.loads(out.read_text())
+    noise = decision["noise_floor"]
+    assert noise["not_refused|all"] == 0.0  # the scripted production model answers alike both times
+    [refusals] = [
+        c for c in decision["comparisons"] if (c["failure_mode"], c["stratum"]) == ("not_refused", "all")
+    ]
+    assert refusals["drop_points"] > 10  # the candidate's drop stands far above its noise floor
