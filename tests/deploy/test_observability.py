@@ -29,7 +29,7 @@ import httpx
 import openai
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 
 from shadowtap.config import env_overrides, load_settings
 from shadowtap.errors import ConfigError
@@ -1081,6 +1081,37 @@ def test_a_blocked_event_loop_pages_and_a_healthy_run_did_not(
     assert alert["labels"]["severity"] == "critical"
     assert "every request there waits" in alert["annotations"]["summary"]
     print(f"blocked event loop (0.2 s every 0.5 s) paged after {paged:.0f} s (for: 0s, 1 s scrapes)")
+
+
+@needs_tools
+@pytest.mark.slow
+def test_a_one_off_burst_of_dropped_records_alerts(observability: Observability) -> None:
+    """shadowtap's own metrics, served as the proxy serves them: the sink's `dropped` series exists at 0
+    from the start, so a single burst is an increase that the real Prometheus sees."""
+    metrics = Metrics(CollectorRegistry())
+    metrics.initialise_sink("jsonl")
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        observability.set_targets("shadowtap-proxy", [f"127.0.0.1:{port}"])
+        zero = 'shadowtap_sink_records_total{sink="jsonl", outcome="dropped"} == 0'
+        wait_for(lambda: observability.query(zero), timeout=30, interval=0.2, what="the zero scraped first")
+        burst_at = time.time()
+        metrics.sink_records.labels(sink="jsonl", outcome="dropped").inc(40)
+        delivered = wait_for(
+            lambda: observability.webhook.firing("ShadowSinkRecordsDropped", env="test", sink="jsonl"),
+            timeout=30,
+            interval=0.2,
+            what="the dropped-records alert",
+        )
+        print(f"one-off burst of 40 dropped records alerted after {time.time() - burst_at:.0f} s")
+        _, alert = delivered[0]
+        assert "The jsonl sink lost" in alert["annotations"]["summary"]
+    finally:
+        observability.set_targets("shadowtap-proxy", [])
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 @needs_tools
