@@ -1085,6 +1085,45 @@ def test_a_blocked_event_loop_pages_and_a_healthy_run_did_not(
 
 @needs_tools
 @pytest.mark.slow
+def test_one_replica_of_two_with_a_wrong_candidate_url_is_named_and_the_candidate_is_not_down(
+    observability: Observability,
+    upstream_factory: Callable[..., Upstream],
+    proxy_factory: Callable[..., RunningProxy],
+) -> None:
+    primary = upstream_factory("primary-model")
+    candidate = upstream_factory("candidate-model")
+    settings: dict[str, Any] = {"candidate": {"model": "candidate-model"}, "shadow": {"sample_rate": 1.0}}
+    good = proxy_factory(primary.base_url, candidate.base_url, **settings)
+    broken = proxy_factory(primary.base_url, f"http://127.0.0.1:{free_port()}/v1", **settings)
+    instances = {
+        name: f"127.0.0.1:{proxy.handle.port}" for name, proxy in (("good", good), ("broken", broken))
+    }
+    observability.set_targets("shadowtap-proxy", list(instances.values()))
+    clients = [
+        openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0, timeout=30)
+        for proxy in (good, broken)
+    ]
+    started = time.time()
+    try:
+        for n in itertools.count():
+            for client in clients:
+                send(client, n, "billing", "Where is my invoice?", False)
+            if observability.webhook.firing("ShadowCandidateFailingOnOneReplica", env="test"):
+                break
+            assert time.time() - started < 120, "the broken replica was not named within 120 s"
+        print(f"one broken replica of two named after {time.time() - started:.0f} s")
+        delivered = observability.webhook.firing("ShadowCandidateFailingOnOneReplica", env="test")
+        assert {alert["labels"]["instance"] for _, alert in delivered} == {instances["broken"]}
+        # Half of all shadow calls fail, yet the candidate is up: no outage, nothing inhibited.
+        assert not observability.query('max_over_time(ALERTS{alertname="ShadowCandidateDown"}[5m])')
+    finally:
+        observability.set_targets("shadowtap-proxy", [])
+        for client in clients:
+            client.close()
+
+
+@needs_tools
+@pytest.mark.slow
 def test_a_one_off_burst_of_dropped_records_alerts(observability: Observability) -> None:
     """shadowtap's own metrics, served as the proxy serves them: the sink's `dropped` series exists at 0
     from the start, so a single burst is an increase that the real Prometheus sees."""
