@@ -19,8 +19,13 @@ bash deploy/observability.sh check
 
 echo "== kustomize (the k8s manifests are built as \`kubectl apply -k\` builds them)"
 if ! command -v kustomize >/dev/null && ! command -v kubectl >/dev/null && [ ! -x .cache/bin/kustomize ]; then
-  command -v go >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
-  GOBIN="$PWD/.cache/bin" go install sigs.k8s.io/kustomize/kustomize/v5@v5.4.3
+  # From the Go module proxy (kustomize v5.4 needs Go 1.21 or later).
+  if command -v go >/dev/null; then
+    GOBIN="$PWD/.cache/bin" go install sigs.k8s.io/kustomize/kustomize/v5@v5.4.3 \
+      || echo "kustomize could not be built: the kustomize build test will be skipped"
+  else
+    echo "no Go toolchain: the kustomize build test will be skipped"
+  fi
 fi
 
 echo "== installing Chromium (the HTML report is opened in a real browser)"
