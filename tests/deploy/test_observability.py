@@ -1133,7 +1133,7 @@ def test_a_one_off_burst_of_dropped_records_alerts(observability: Observability)
     server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
     try:
         observability.set_targets("shadowtap-proxy", [f"127.0.0.1:{port}"])
-        zero = 'shadowtap_sink_records_total{sink="jsonl", outcome="dropped"} == 0'
+        zero = f'shadowtap_sink_records_total{{sink="jsonl", outcome="dropped", instance="127.0.0.1:{port}"}} == 0'
         wait_for(lambda: observability.query(zero), timeout=30, interval=0.2, what="the zero scraped first")
         burst_at = time.time()
         metrics.sink_records.labels(sink="jsonl", outcome="dropped").inc(40)
