@@ -83,10 +83,23 @@ def open_fds(pid: int) -> int:
 
 
 def start(
-    cmd: list[str], url: str, log: Path, env: Mapping[str, str] | None = None
+    cmd: list[str],
+    url: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cpus: set[int] | None = None,
+    niceness: int = 0,
 ) -> subprocess.Popen[bytes]:
-    """Start `cmd` with its output in `log`; return once `url` answers (exit if it never does)."""
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    """Start `cmd` with its output in `log` (on `cpus` only, when given, and at `niceness`: it and what it
+    starts); return once `url` answers (exit if it never does)."""
+
+    def placed() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if niceness:
+            os.nice(niceness)
+
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, preexec_fn=placed)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -99,14 +112,21 @@ def start(
     raise SystemExit(f"{cmd[:3]} did not come up; see {log}")
 
 
-def start_simulated(port: int, name: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_simulated(
+    port: int, name: str, log: Path, *extra: str, niceness: int = 0
+) -> subprocess.Popen[bytes]:
     """A simulated model (`python -m shadowtap.testing.upstreams`), e.g. `"--profile", "slow"`."""
     cmd = [sys.executable, "-m", "shadowtap.testing.upstreams", "--port", str(port), "--name", name, *extra]
-    return start(cmd, f"http://127.0.0.1:{port}/v1/models", log)
+    return start(cmd, f"http://127.0.0.1:{port}/v1/models", log, niceness=niceness)
 
 
 def start_proxy(
-    primary_port: int, candidate_port: int, port: int, workdir: Path, settings: Mapping[str, str]
+    primary_port: int,
+    candidate_port: int,
+    port: int,
+    workdir: Path,
+    settings: Mapping[str, str],
+    cpus: set[int] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`shadowtap serve` in front of the two upstreams, its pairs in `workdir/data`; `settings` are
     SHADOWTAP_* environment variables on top of this process's environment."""
@@ -125,7 +145,7 @@ def start_proxy(
         str(workdir / "data"),
     ]
     env = {**os.environ, **settings}
-    return start(cmd, f"http://127.0.0.1:{port}/healthz", workdir / "proxy.log", env)
+    return start(cmd, f"http://127.0.0.1:{port}/healthz", workdir / "proxy.log", env, cpus)
 
 
 @contextlib.contextmanager

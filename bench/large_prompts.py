@@ -20,18 +20,21 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
-    REQUEST,
     RawClient,
     children_cpu_seconds,
     cpu_seconds,
+    descendants,
     free_port,
     pct,
     processes,
@@ -40,6 +43,11 @@ from _harness import (  # noqa: E402
 )
 
 MAX_SECONDS = 60
+CHAT_PATH, NORMAL_PATH = "/v1/chat/completions", "/v1/completions"
+# The normal users ask on another route than the large prompts, so the proxy's own histogram of the time
+# it added (client-facing minus the primary's, per request and route) is theirs alone.
+NORMAL = {"model": "bench", "prompt": "Summarise the refund policy in one line."}
+LAG_INTERVAL_S = 0.002  # the proxies' event-loop lag sampler: a timer every 2 ms
 ALONE = 10  # large prompts sent one after another, with nothing else, to measure what one costs
 
 
@@ -55,8 +63,8 @@ async def phase(
 ) -> tuple[list[float], int]:
     """Normal users' latencies (ms) over `seconds`, with large prompts arriving beside them; and how many
     large prompts were sent."""
-    normal, heavy = RawClient(url), RawClient(url)
-    body = json.dumps(REQUEST).encode()
+    normal, heavy = RawClient(url.replace(CHAT_PATH, NORMAL_PATH)), RawClient(url)
+    body = json.dumps(NORMAL).encode()
     for _ in range(20):
         await normal.request(body, False)
     latencies: list[float] = []
@@ -84,14 +92,59 @@ async def phase(
     return latencies, int(seconds * large_rate) + 1
 
 
+async def start_workers(urls: dict[str, str]) -> None:
+    """One large prompt through each proxy: the one mirroring starts its offload worker."""
+    for url in urls.values():
+        client = RawClient(url)
+        await client.request(large_request(1.0), False)
+        client.close()
+    await asyncio.sleep(2.0)
+
+
 def cpu(pid: int) -> tuple[float, float]:
     """CPU seconds so far: the proxy's main (event-loop) thread, and the processes it started."""
     return cpu_seconds(pid, pid), children_cpu_seconds(pid)
 
 
+def buckets(url: str) -> dict[str, dict[float, float]]:
+    """The proxy's histograms the table reads, as cumulative counts by bound: the time it added to the
+    normal route's requests, and how late its event loop ran a timer."""
+    text = httpx.get(url.split("/v1/")[0] + "/metrics", timeout=10).text
+    added = r'shadowtap_added_latency_seconds_bucket\{(?=[^}]*route="%s")[^}]*le="([^"]+)"[^}]*\} ([0-9.e+]+)'
+    lag = r'shadowtap_event_loop_delay_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)'
+    return {
+        "added": {float(le): float(n) for le, n in re.findall(added % re.escape(NORMAL_PATH), text)},
+        "lag": {float(le): float(n) for le, n in re.findall(lag, text)},
+    }
+
+
+def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def quantile(buckets: dict[float, float], q: float) -> float:
+    """A quantile (ms) of a cumulative histogram, interpolated within its bucket."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if not total:
+        return float("nan")
+    rank, low, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return low * 1000
+            share = (rank - below) / max(buckets[bound] - below, 1e-9)
+            return (low + (bound - low) * share) * 1000
+        low, below = bound, buckets[bound]
+    return low * 1000
+
+
 async def measured_phase(url: str, pid: int, large: bytes, args: argparse.Namespace) -> dict[str, object]:
     """The normal users' latencies beside large prompts; then, alone, what one large prompt costs."""
+    before = buckets(url)
     latencies, _ = await phase(url, args.rate, large, args.large_rate, args.seconds)
+    after = buckets(url)
+    added, lag = delta(after["added"], before["added"]), delta(after["lag"], before["lag"])
     await asyncio.sleep(2.0)  # the last records are written
     client = RawClient(url)
     loop_before, workers_before = cpu(pid)
@@ -104,6 +157,10 @@ async def measured_phase(url: str, pid: int, large: bytes, args: argparse.Namesp
         "n": len(latencies),
         "p50": statistics.median(latencies),
         "p99": pct(latencies, 0.99),
+        "added_p50": quantile(added, 0.5),
+        "added_p99": quantile(added, 0.99),
+        "lag_p99": quantile(lag, 0.99),
+        "lag_over_5ms": lag[float("inf")] - lag.get(0.005, 0.0),
         "loop_ms": (loop_after - loop_before) * 1000 / ALONE,
         "worker_ms": (workers_after - workers_before) * 1000 / ALONE,
     }
@@ -125,19 +182,35 @@ async def measure(
 def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         "other users' latency with large prompts mirrored at 100% vs mirroring off (ms; loopback, simulated upstreams)",
-        f"machine: {os.cpu_count()} cores; normal {args.rate}/s, large prompts {args.large_rate}/s, {args.seconds}s per phase",
+        f"machine: {os.cpu_count()} cores; normal {args.rate}/s on {NORMAL_PATH}, large prompts {args.large_rate}/s on "
+        f"{CHAT_PATH}, {args.seconds}s per phase; "
+        + (
+            "each proxy on core 0 (its offload worker on any core, at nice 10), the upstreams and the load "
+            "generator on the others (the candidate at nice 19, as if on its own machine)"
+            if args.pinned
+            else "every process on any core"
+        ),
+        "end to end: as the normal users saw it (the simulated primary's own pauses on a large prompt included);"
+        " added: what the proxy added to their requests (its shadowtap_added_latency_seconds, interpolated);"
+        f" loop lag: how late the proxy's event loop ran a {LAG_INTERVAL_S * 1000:g} ms timer (p99, and the"
+        " samples over 5 ms late)",
         f"then {ALONE} large prompts alone: loop ms = CPU of the proxy's event-loop thread per large prompt"
         " (its own request included); worker ms = CPU of the processes it started (the offload worker)",
-        f"{'prompt':>7} {'off p50':>8} {'on p50':>8} {'off p99':>8} {'on p99':>8} {'p99 +':>8}"
-        f" {'loop ms off':>11} {'loop ms on':>10} {'worker ms on':>12}",
+        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>16} {'p99 +':>8} | {'added p50':>13}"
+        f" {'added p99 off/on':>16} {'p99 +':>7} | {'lag p99 off/on':>14} {'>5ms':>7} |"
+        f" {'loop ms off/on':>14} {'worker ms':>9}",
     ]
     by = {(r["size"], r["mode"]): r for r in rows}
     for size in args.sizes:
         off, on = by[(size, "off")], by[(size, "on")]
-        grow = float(on["p99"]) - float(off["p99"])  # type: ignore[arg-type]
+        f = {k: float(v) for k, v in on.items() if isinstance(v, (int, float))}
+        g = {k: float(v) for k, v in off.items() if isinstance(v, (int, float))}
         lines.append(
-            f"{size:>5} MB {off['p50']:>8.2f} {on['p50']:>8.2f} {off['p99']:>8.2f} {on['p99']:>8.2f} {grow:>+8.2f}"
-            f" {off['loop_ms']:>11.1f} {on['loop_ms']:>10.1f} {on['worker_ms']:>12.1f}"
+            f"{size:>5} MB | {g['p50']:>7.2f}/{f['p50']:<7.2f} {g['p99']:>8.2f}/{f['p99']:<7.2f} {f['p99'] - g['p99']:>+8.2f} |"
+            f" {g['added_p50']:>6.2f}/{f['added_p50']:<6.2f} {g['added_p99']:>8.2f}/{f['added_p99']:<7.2f}"
+            f" {f['added_p99'] - g['added_p99']:>+7.2f} | {g['lag_p99']:>6.2f}/{f['lag_p99']:<7.2f}"
+            f" {g['lag_over_5ms']:>3.0f}/{f['lag_over_5ms']:<3.0f} |"
+            f" {g['loop_ms']:>6.1f}/{f['loop_ms']:<7.1f} {f['worker_ms']:>9.1f}"
         )
     return "\n".join(lines)
 
@@ -149,23 +222,45 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 5.0])
     parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let every process run on any core (default: the proxies on core 0, the simulated upstreams and "
+        "the load generator on the others, as on separate machines; the offload workers anywhere)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "large_prompts.txt"
     )
     args = parser.parse_args()
     args.seconds = min(args.seconds, MAX_SECONDS)
+    cores = sorted(os.sched_getaffinity(0))
+    proxy_cpus = None if args.no_pin or len(cores) < 2 else {cores[0]}
+    if proxy_cpus is not None:
+        os.sched_setaffinity(0, set(cores[1:]))  # this process and the upstreams it starts
+    args.pinned = proxy_cpus is not None
     with tempfile.TemporaryDirectory() as tmp, processes(grace_s=15) as procs:
         work = Path(tmp)
         p_port, c_port = free_port(), free_port()
         procs.append(start_simulated(p_port, "primary-sim", work / "primary.log"))
-        procs.append(start_simulated(c_port, "candidate-sim", work / "candidate.log"))
+        # The candidate runs elsewhere in production: here it yields the shared cores to the others.
+        niceness = 19 if args.pinned else 0
+        procs.append(start_simulated(c_port, "candidate-sim", work / "candidate.log", niceness=niceness))
         urls, pids = {}, {}
         for mode, rate in (("on", "1"), ("off", "0")):
             port = free_port()
             (work / mode).mkdir()
-            settings = {"SHADOWTAP_SHADOW_SAMPLE_RATE": rate, "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim"}
-            proxy = start_proxy(p_port, c_port, port, work / mode, settings)
+            settings = {
+                "SHADOWTAP_SHADOW_SAMPLE_RATE": rate,
+                "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim",
+                "SHADOWTAP_SERVER_LOOP_LAG_INTERVAL_S": str(LAG_INTERVAL_S),
+            }
+            proxy = start_proxy(p_port, c_port, port, work / mode, settings, proxy_cpus)
             procs.append(proxy)
             urls[mode], pids[mode] = f"http://127.0.0.1:{port}/v1/chat/completions", proxy.pid
+        if proxy_cpus is not None:
+            asyncio.run(start_workers(urls))
+            for pid in pids.values():
+                for child in descendants(pid):  # the offload worker: wherever there is room, at its nice
+                    os.sched_setaffinity(child, set(cores))
         rows = asyncio.run(measure(urls, pids, args))
     text = table(rows, args)
     print(text)

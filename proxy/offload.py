@@ -18,6 +18,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -58,6 +59,14 @@ class Prepared:
     candidate_body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """In place of a request body the worker kept from `prepare` (sending megabytes to it twice costs the
+    proxy's GIL twice)."""
+
+    pair_id: str
+
+
 @dataclass(slots=True)
 class PairParts:
     """Everything a pair record is made of, before masking: the request as its bytes or as parsed."""
@@ -66,7 +75,7 @@ class PairParts:
     received_at: float
     route: str
     stream: bool
-    request: bytes | dict[str, Any]
+    request: bytes | Held | dict[str, Any]
     tags: dict[str, str]
     primary: SideResult
     candidate: SideResult
@@ -94,7 +103,8 @@ async def assemble(parts: PairParts, redactor: Redactor) -> PairRecord | None:
     if primary.error is not None and parts.skip_primary_errors:
         return None
     request = parts.request
-    if isinstance(request, bytes):
+    if not isinstance(request, dict):
+        assert isinstance(request, bytes), "a held body is taken back before assembling"
         parsed = request_body(parts.route, request)
         request = parsed if isinstance(parsed, dict) else {}
     masked = {
@@ -158,6 +168,10 @@ def _cut_strings(value: Any) -> Any:
 
 _worker_redactor: Redactor | None = None
 _worker_loop: asyncio.AbstractEventLoop | None = None
+# Request bodies `prepare` parsed, kept for their `record`, oldest first; bounded in bytes (a body pushed
+# out, or one whose pair was not recorded, is sent again or just forgotten).
+_held: OrderedDict[str, bytes] = OrderedDict()
+HELD_MAX_BYTES = 256 * 1024 * 1024
 
 
 def _start_worker(pii: dict[str, Any]) -> None:
@@ -172,11 +186,13 @@ def _ready() -> bool:
     return _worker_redactor is not None
 
 
-def prepare(route: str, raw: bytes, model: str | None, key_field: str) -> Prepared | str:
-    """A large request body, parsed: what mirroring it takes, or why it cannot be (a skip reason)."""
+def prepare(route: str, raw: bytes, model: str | None, key_field: str, pair_id: str) -> Prepared | str:
+    """A large request body, parsed: what mirroring it takes, or why it cannot be (a skip reason). The
+    body is kept for the pair's `record`."""
     body = request_body(route, raw)
     if isinstance(body, str):
         return body
+    _hold(pair_id, raw)
     key = body.get(key_field) if key_field else None
     return Prepared(
         stream=body.get("stream") is True,
@@ -186,14 +202,31 @@ def prepare(route: str, raw: bytes, model: str | None, key_field: str) -> Prepar
     )
 
 
+def _hold(pair_id: str, raw: bytes) -> None:
+    _held[pair_id] = raw
+    held = sum(len(body) for body in _held.values())
+    while held > HELD_MAX_BYTES and len(_held) > 1:
+        held -= len(_held.popitem(last=False)[1])
+
+
 def record(parts: PairParts) -> PairRecord | None:
     """A pair's record, masked and encoded: an `EncodedRecord`, its line for the sink and its view for
     scoring."""
     assert _worker_redactor is not None and _worker_loop is not None, "the worker was not started"
+    if isinstance(parts.request, Held):
+        raw = _held.pop(parts.request.pair_id, None)
+        if raw is None:
+            return NOT_HELD
+        parts.request = raw
     built = _worker_loop.run_until_complete(assemble(parts, _worker_redactor))
     if built is None:
         return None
     return cast(PairRecord, EncodedRecord(scoring_view(built), encode_record(built)))
+
+
+# What `record` answers when the body it was to have kept is gone (pushed out, or a new worker): the
+# proxy sends it again.
+NOT_HELD = cast(PairRecord, {"not_held": True})
 
 
 # ------------------------------------------------------------------------------ in the proxy process
@@ -234,12 +267,22 @@ class Offload:
         self._pool = pool
         return pool
 
-    async def prepare(self, route: str, raw: bytes, model: str | None, key_field: str) -> Prepared | str:
-        result: Prepared | str = await self._run(prepare, route, raw, model, key_field)
+    async def prepare(
+        self, route: str, raw: bytes, model: str | None, key_field: str, pair_id: str
+    ) -> Prepared | str:
+        result: Prepared | str = await self._run(prepare, route, raw, model, key_field, pair_id)
         return result
 
-    async def record(self, parts: PairParts) -> PairRecord | None:
+    async def record(self, parts: PairParts, raw: bytes | None = None) -> PairRecord | None:
+        """The worker's `record`; with `raw`, the request body `prepare` was given for this pair, which the
+        worker kept (and is sent again only if it did not)."""
+        if raw is not None:
+            parts.request = Held(parts.pair_id)
         result: PairRecord | None = await self._run(record, parts)
+        if result is not None and result.get("not_held"):  # the worker did not keep it: sent again
+            assert raw is not None
+            parts.request = raw
+            result = await self._run(record, parts)
         return result
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -30,7 +30,7 @@ from shadowtap.metrics import Metrics
 from shadowtap.proxy.discovery import ModelDiscovery
 from shadowtap.proxy.logs import ThrottledLog
 from shadowtap.proxy.mirror import MIRRORED_ROUTES, candidate_body, is_json, request_body
-from shadowtap.proxy.offload import Offload, OffloadFailed, PairParts, Prepared, assemble
+from shadowtap.proxy.offload import Offload, OffloadFailed, PairParts, assemble
 from shadowtap.proxy.record import CUT_TEXT_BYTES, SideAssembler, SideResult, length_bucket
 from shadowtap.proxy.redact import Redactor
 from shadowtap.proxy.transport import UpstreamResponse
@@ -41,6 +41,9 @@ from shadowtap.request_text import input_chars
 log = logging.getLogger("shadowtap.shadow")
 
 __all__ = ["MIRRORED_ROUTES", "PairHandler", "Sampler", "ShadowDispatcher", "ShadowJob"]
+
+# A candidate body this large goes out in pieces of this size, each once the socket has taken the last.
+SEND_STEP_BYTES = 256 * 1024
 
 # At shutdown, records whose answers are both in get this long to be masked and handed on.
 RECORDING_GRACE_S = 2.0
@@ -63,7 +66,7 @@ class ShadowJob:
     # A noise-floor job asks the primary again (with the client's headers), not the candidate.
     noise_floor: bool = False
     client_headers: list[tuple[bytes, bytes]] | None = None
-    candidate_body: bytes | None = None
+    candidate_body: bytes | bytearray | None = None
     candidate: SideResult | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -102,6 +105,12 @@ class Sampler:
             return random.random() < rate
         digest = hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+async def _pieces(body: bytes | bytearray) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(view), SEND_STEP_BYTES):
+        yield bytes(view[start : start + SEND_STEP_BYTES])
 
 
 def _echo_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -381,7 +390,7 @@ class ShadowDispatcher:
         assert self.model is not None  # a job is made only once the model is known
         model = None if job.noise_floor else self.model  # the primary is asked under the client's name
         try:
-            prepared: Prepared | str = await self.offload.prepare(route, job.raw, model, self.sampler.field)
+            prepared = await self.offload.prepare(route, job.raw, model, self.sampler.field, job.pair_id)
         except OffloadFailed:
             m.shadow_dropped.labels(route=route, reason="offload_failed").inc()
             return False
@@ -435,11 +444,20 @@ class ShadowDispatcher:
             self._count_candidate(job.route, result)
         return result
 
-    async def _send_shadow(self, job: ShadowJob, body: bytes) -> UpstreamResponse:
+    async def _send_shadow(self, job: ShadowJob, body: bytes | bytearray) -> UpstreamResponse:
+        upstream, headers = self.candidate, self._candidate_headers
         if job.noise_floor:
             assert self.primary is not None and job.client_headers is not None
-            return await self.primary.send("POST", job.route, job.client_headers, body)
-        return await self.candidate.send("POST", job.route, self._candidate_headers, body)
+            upstream, headers = self.primary, job.client_headers
+        if len(body) < SEND_STEP_BYTES:
+            return await upstream.send("POST", job.route, headers, bytes(body))
+        # A large body goes out a piece at a time, each once the socket has taken the last: the loop never
+        # copies it whole into the transport's buffer.
+        sized = [*headers, (b"content-length", str(len(body)).encode())]
+        url = upstream.target(job.route)
+        return await upstream.transport.send(
+            "POST", url, sized, None, upstream.timeouts, stream=_pieces(body)
+        )
 
     def _candidate_failed(
         self, exc: Exception, job: ShadowJob, result: SideResult, assembler: SideAssembler, started: float
@@ -536,7 +554,11 @@ class ShadowDispatcher:
             skip_primary_errors=self.settings.shadow.on_primary_error == "skip",
         )
         try:
-            record = await (self.offload.record(parts) if large else assemble(parts, self.redactor))
+            record = await (
+                self.offload.record(parts, job.raw if job.body is None else None)
+                if large
+                else assemble(parts, self.redactor)
+            )
         except OffloadFailed:
             self.metrics.shadow_dropped.labels(route=job.route, reason="offload_failed").inc()
             return

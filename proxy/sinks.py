@@ -19,6 +19,8 @@ from shadowtap.metrics import Metrics
 
 log = logging.getLogger("shadowtap.sink")
 
+# A line this long is written by itself, not joined with others (a copy that would hold the GIL).
+LARGE_LINE_BYTES = 256 * 1024
 # Put on a sink's queue after the last record: the writer thread finishes and exits.
 STOP: Final = object()
 
@@ -41,8 +43,8 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     """One record as compact UTF-8 JSON (a line of a JSONL file, a Kafka message's value); a record the
     offload worker encoded already (`offload.EncodedRecord`) is its line as it is."""
     line = getattr(record, "line", None)
-    if isinstance(line, bytes):
-        return line
+    if isinstance(line, (bytes, bytearray)):
+        return bytes(line)
     text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")
@@ -146,7 +148,18 @@ class JsonlSink(ThreadedSink):
         self._file = self.path.open("ab")
 
     def write(self, records: list[Mapping[str, Any]]) -> None:
-        self._file.write(b"".join(encode_record(r) + b"\n" for r in records))
+        small: list[bytes] = []
+        for record in records:
+            line = getattr(record, "line", None)
+            if isinstance(line, (bytes, bytearray)) and len(line) >= LARGE_LINE_BYTES:
+                # A large line from the offload worker: written as it is, never copied into a join.
+                self._file.write(b"".join(small))
+                small = []
+                self._file.write(line)
+                self._file.write(b"\n")
+            else:
+                small.append(encode_record(record) + b"\n")
+        self._file.write(b"".join(small))
         self._file.flush()
         self.metrics.sink_records.labels(sink=self.name, outcome="written").inc(len(records))
 

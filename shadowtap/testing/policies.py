@@ -231,7 +231,8 @@ def schema_instance(schema: Any, answer: str) -> Any:
 
 
 def _answer_to(text: str) -> str:
-    return "Answer to: " + " ".join(text.split()[:8])
+    # The first eight words, looked for in the text's head: a prompt of megabytes costs no more.
+    return "Answer to: " + " ".join(text[:4096].split()[:8])
 
 
 def _json_answer(body: dict[str, Any], answer: str) -> str | None:
