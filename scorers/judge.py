@@ -187,22 +187,33 @@ def _truncate(answer: str, limit: int) -> str:
     return f"{answer[:limit]}\n[… {len(answer) - limit} more characters not shown]"
 
 
-def parse_verdict(reply: str) -> tuple[dict[str, Any] | None, str]:
-    """(verdict, "") for a valid reply, else (None, what is wrong with it)."""
+def json_reply(reply: str) -> tuple[dict[str, Any] | None, str]:
+    """A judge's reply as a JSON object, else (None, what is wrong with it)."""
     try:
         doc = json.loads(reply)
     except json.JSONDecodeError:
         return None, "it is not valid JSON"
     if not isinstance(doc, dict):
         return None, "it is not a JSON object"
+    return doc, ""
+
+
+def short_reason(reason: str) -> str:
+    """A judge's reason, cut to MAX_REASON_CHARS."""
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+
+
+def parse_verdict(reply: str) -> tuple[dict[str, Any] | None, str]:
+    """(verdict, "") for a valid reply, else (None, what is wrong with it)."""
+    doc, problem = json_reply(reply)
+    if doc is None:
+        return None, problem
     winner = doc.get("winner")
     if not isinstance(winner, str) or winner.strip().lower() not in _WINNERS:
         return None, 'the "winner" field must be "A", "B" or "tie"'
     reason = doc.get("reason")
     reason = "" if reason is None else reason if isinstance(reason, str) else json.dumps(reason)
-    if len(reason) > MAX_REASON_CHARS:
-        reason = reason[: MAX_REASON_CHARS - 1] + "…"
-    return {"winner": _WINNERS[winner.strip().lower()], "reason": reason}, ""
+    return {"winner": _WINNERS[winner.strip().lower()], "reason": short_reason(reason)}, ""
 
 
 @dataclass(slots=True)
