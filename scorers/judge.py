@@ -198,9 +198,9 @@ def json_reply(reply: str) -> tuple[dict[str, Any] | None, str]:
     return doc, ""
 
 
-def short_reason(reason: str) -> str:
-    """A judge's reason, cut to MAX_REASON_CHARS."""
-    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+def short_reason(reason: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A judge's reason, cut to `limit` characters."""
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
 
 
 def parse_verdict(reply: str) -> tuple[dict[str, Any] | None, str]:

@@ -87,7 +87,7 @@ def parse_refusal_label(reply: str) -> tuple[tuple[JudgeLabel, str] | None, str]
     if not isinstance(label, str) or label.strip().lower() not in LABELS:
         return None, 'the "label" field must be "answered", "refused" or "partial"'
     reason = doc.get("reason")
-    reason = short_reason(reason) if isinstance(reason, str) else ""
+    reason = short_reason(reason, MAX_REASON_CHARS) if isinstance(reason, str) else ""
     normalised: JudgeLabel = label.strip().lower()  # type: ignore[assignment]
     return (normalised, reason), ""
 
