@@ -185,7 +185,9 @@ class KafkaWorker:
         self.metrics = ScoringMetrics(registry)
         register_process_metrics(registry)
         self.pipeline = make_pipeline(settings, self.metrics)
-        self.metrics.initialise_scorers(self.pipeline.scorers, settings.tags.segments)
+        self.metrics.initialise_scorers(
+            self.pipeline.scorers, settings.tags.segments, noise_floor=settings.shadow.noise_floor_rate > 0
+        )
         heartbeat = settings.scoring.heartbeat_file
         self.heartbeat = Path(heartbeat) if heartbeat else None
         self.concurrency = settings.scoring.concurrency or KAFKA_CONCURRENCY

@@ -482,11 +482,15 @@ class ScoringMetrics:
             self.judge_skipped.labels(reason=reason)
         self.scoring_dropped.inc(0)
 
-    def initialise_scorers(self, scorers: Iterable[Any], segments: Iterable[str]) -> None:
+    def initialise_scorers(
+        self, scorers: Iterable[Any], segments: Iterable[str], noise_floor: bool = False
+    ) -> None:
         """Zero series for each configured scorer's outcomes, sides and review reasons, per configured
         segment (and `none`, `other`): a segment with no scores then reads 0, which the "insufficient
-        data" alerts and panels need, and a first score is an increase."""
+        data" alerts and panels need, and a first score is an increase. With `noise_floor` (the proxy
+        sends noise-floor pairs) the same for shadowtap_noise_floor_scores_total."""
         labels = (*sorted(set(segments)), "none", "other")
+        counters = (self.scores, self.noise_floor_scores) if noise_floor else (self.scores,)
         for scorer in scorers:
             self.scorer_errors.labels(scorer=scorer.name)
             for reason in getattr(scorer, "review_reasons", ()):
@@ -494,7 +498,8 @@ class ScoringMetrics:
             for segment in labels:
                 for side in SCORE_SIDES:
                     for outcome in scorer.outcomes:
-                        self.scores.labels(scorer=scorer.name, side=side, outcome=outcome, segment=segment)
+                        for counter in counters:
+                            counter.labels(scorer=scorer.name, side=side, outcome=outcome, segment=segment)
 
 
 def register_process_metrics(registry: CollectorRegistry) -> None:

@@ -56,7 +56,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
         handlers.append(scoring.submit)
         on_startup.insert(0, scoring.start_soon)
         on_shutdown.insert(0, lambda: scoring.close(settings.server.shutdown_grace_s))
-        scoring.metrics.initialise_scorers(scoring.pipeline.scorers, settings.tags.segments)
+        scoring.metrics.initialise_scorers(
+            scoring.pipeline.scorers, settings.tags.segments, noise_floor=settings.shadow.noise_floor_rate > 0
+        )
     for name in (sink.name, *(("scores", "review") if scoring is not None else ())):
         metrics.initialise_sink(name)
     metrics.initialise_segments(settings.tags.segments, settings.feedback.accepted_signals)

@@ -45,6 +45,7 @@ from shadowtap.testing import ServerHandle, SimulatedLLM, serve_in_thread
 PRIMARY_MODEL = "sim-primary"
 CANDIDATE_MODEL = "sim-candidate"
 JUDGE_MODEL = "sim-judge"
+DEMO_NOISE_FLOOR_RATE = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,8 @@ def demo_settings(data_dir: Path, primary_url: str, candidate_url: str, judge_ur
         "candidate": {"url": candidate_url, "model": CANDIDATE_MODEL},
         "tags": {"segments": list(SEGMENTS)},
         "sink": {"kind": "jsonl", "data_dir": str(data_dir)},
-        "shadow": {"concurrency": 32, "queue_size": 1024},
+        # The primary is asked again on a tenth of mirrored requests: the report's noise floor.
+        "shadow": {"concurrency": 32, "queue_size": 1024, "noise_floor_rate": DEMO_NOISE_FLOOR_RATE},
         "scoring": {
             "concurrency": 16,
             "queue_size": 5000,
@@ -233,7 +235,8 @@ def _drive(
 
 
 def _drain(metrics: Metrics, deadline_s: float, progress: Progress) -> bool:
-    """Poll until every mirrored request is a pair, every pair is scored and every record is written."""
+    """Poll until every mirrored request (and noise-floor twin) is a pair, every pair is scored and every
+    record is written."""
     registry = metrics.registry
     expected = metric_total(registry, "shadowtap_shadow_sampled_total") - metric_total(
         registry, "shadowtap_shadow_dropped_total"
@@ -242,12 +245,17 @@ def _drain(metrics: Metrics, deadline_s: float, progress: Progress) -> bool:
     deadline = time.monotonic() + deadline_s
     while True:
         pairs = metric_total(registry, "shadowtap_pairs_total")
+        # Noise-floor twins are pairs too (scored, written), though not in shadowtap_pairs_total.
+        every_pair = pairs + metric_total(registry, "shadowtap_noise_floor_pairs_total")
         scored = metric_total(registry, "shadowtap_pairs_scored_total") + metric_total(
             registry, "shadowtap_scoring_dropped_total"
         )
         waiting = metric_total(registry, "shadowtap_sink_queue_depth")
+        shadows = metric_total(registry, "shadowtap_shadow_queue_depth") + metric_total(
+            registry, "shadowtap_shadow_in_flight"
+        )
         progress.update(task, completed=min(scored, expected))
-        if pairs >= expected and scored >= pairs and waiting == 0:
+        if pairs >= expected and shadows == 0 and scored >= every_pair and waiting == 0:
             return True
         if time.monotonic() > deadline:
             return False

@@ -33,6 +33,10 @@ __all__ = [
 CANDIDATE_BILLING_REFUSAL_RATE = 0.30
 CANDIDATE_SCHEMA_BREAK_RATE = 0.25
 CANDIDATE_TOOL_BREAK_RATE = 0.30
+# Asked a free-text question again, the primary opens this share of its answers differently.
+PRIMARY_REWORDED_SHARE = 0.30
+_PRIMARY_OPENERS = ("Sure. ", "Happy to help. ", "Thanks for asking. ")
+_PRIMARY_REWORDED_SEGMENTS = frozenset({"billing", "troubleshooting"})  # answers, not declines or JSON
 
 
 def _fraction(seed: int, text: str, purpose: str) -> float:
@@ -124,18 +128,30 @@ def _tool_name(item: WorkItem) -> str:
 
 
 def primary_policy(items: list[WorkItem], seed: int) -> Policy:
-    """The production model: answers every request well, quickly; calls the tool a request offers."""
+    """The production model: answers every request well, quickly; calls the tool a request offers.
+
+    It samples, as a served model does: asked the same thing again (a noise-floor twin, a sentinel
+    replay, a repeated question), it words some free-text answers differently and answers a little
+    sooner or later, never differently in substance."""
     index = _index(items)
+    asked: Counter[str] = Counter()
 
     def policy(route: str, body: dict[str, Any]) -> Reply:
         item = index.get(last_user_text(body))
         if item is None:
             return default_policy(route, body)
+        again = asked[item.question]
+        asked[item.question] += 1
+        draw = _fraction(seed, f"{item.question}|{again}", "primary-sample")
         r = _fraction(seed, item.question, "primary-speed")
+        ttft_s = (0.08 + 0.12 * r) * (1.0 if again == 0 else 0.8 + 0.4 * draw)
         if item.tools:
             call = (_tool_name(item), item.answer)
-            return Reply(text="", tool_calls=[call], ttft_s=0.08 + 0.12 * r, token_delay_s=0.004)
-        return Reply(text=item.answer, ttft_s=0.08 + 0.12 * r, token_delay_s=0.004)
+            return Reply(text="", tool_calls=[call], ttft_s=ttft_s, token_delay_s=0.004)
+        text = item.answer
+        if again and item.segment in _PRIMARY_REWORDED_SEGMENTS and draw < PRIMARY_REWORDED_SHARE:
+            text = _PRIMARY_OPENERS[int(draw * 1000) % len(_PRIMARY_OPENERS)] + text
+        return Reply(text=text, ttft_s=ttft_s, token_delay_s=0.004)
 
     return policy
 

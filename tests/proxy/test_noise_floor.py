@@ -126,3 +126,18 @@ def test_with_no_noise_floor_rate_nothing_is_sent_twice(proxy_factory, primary, 
     assert len(proxy.pairs(20)) == 20
     assert len([r for r in primary.sim.received if r.path == CHAT_ROUTE]) == 20
     assert proxy.metric("shadowtap_noise_floor_pairs_total", route=CHAT_ROUTE) == 0
+
+
+def test_the_noise_floor_series_read_zero_before_the_first_twin_only_when_it_is_on(
+    proxy_factory, primary, candidate
+):
+    labels = {"scorer": "refusal", "side": "pair", "outcome": "candidate_only_refused", "segment": "none"}
+    on = proxy_factory(
+        primary.base_url, candidate.base_url, candidate={"model": "m"}, shadow={"noise_floor_rate": 0.02}
+    )
+    off = proxy_factory(primary.base_url, candidate.base_url, candidate={"model": "m"})
+
+    # The alert rules read a first noise-floor refusal as an increase from 0, not as a new series.
+    assert on.metrics.registry.get_sample_value("shadowtap_noise_floor_scores_total", labels) == 0.0
+    assert off.metrics.registry.get_sample_value("shadowtap_noise_floor_scores_total", labels) is None
+    assert off.metrics.registry.get_sample_value("shadowtap_scores_total", labels) == 0.0

@@ -129,9 +129,17 @@ def test_the_demo_writes_valid_records_and_a_review_queue(demo_run: DemoRun):
     }
 
 
+def noise_floor_pair_ids(data_dir: Path) -> set[str]:
+    """The pairs of the primary against its own second answer (shadow.noise_floor_rate)."""
+    pairs = (json.loads(line) for line in (data_dir / "pairs.jsonl").read_text().splitlines())
+    return {p["id"] for p in pairs if p["tags"].get("comparison") == "noise_floor"}
+
+
 def test_the_primary_books_every_visit_with_a_valid_call_and_the_candidate_breaks_some(demo_run: DemoRun):
     scores = [json.loads(line) for line in (demo_run.data_dir / "scores.jsonl").read_text().splitlines()]
-    tools = [s for s in scores if s["scorer"] == "tools"]
+    noise_floor = noise_floor_pair_ids(demo_run.data_dir)
+    assert noise_floor, "the demo asks the primary again on some requests"
+    tools = [s for s in scores if s["scorer"] == "tools" and s["pair_id"] not in noise_floor]
     outcomes = {
         side: Counter(s["outcome"] for s in tools if s["side"] == side)
         for side in ("primary", "candidate", "pair")
