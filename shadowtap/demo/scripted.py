@@ -14,12 +14,14 @@ from typing import Any
 import jsonschema
 
 from shadowtap.demo.content import visit_day
+from shadowtap.demo.reasoner import Slip, solve
 from shadowtap.demo.workload import WorkItem
 from shadowtap.request_text import last_user_text
 from shadowtap.testing import Policy, Reply, default_policy
 
 __all__ = [
     "CANDIDATE_BILLING_REFUSAL_RATE",
+    "CANDIDATE_REASONING_SLIP_RATES",
     "CANDIDATE_SCHEMA_BREAK_RATE",
     "CANDIDATE_TOOL_BREAK_RATE",
     "candidate_policy",
@@ -33,6 +35,9 @@ __all__ = [
 CANDIDATE_BILLING_REFUSAL_RATE = 0.30
 CANDIDATE_SCHEMA_BREAK_RATE = 0.25
 CANDIDATE_TOOL_BREAK_RATE = 0.30
+# On the sentinel's reasoning probes: the share of if-then chains where it affirms the consequent (only
+# the chains whose answer is "unknown" can go wrong), and of word problems where it drops a step.
+CANDIDATE_REASONING_SLIP_RATES = {"if_then": 0.6, "arithmetic": 0.2}
 # Asked a free-text question again, the primary opens this share of its answers differently.
 PRIMARY_REWORDED_SHARE = 0.30
 _PRIMARY_OPENERS = ("Sure. ", "Happy to help. ", "Thanks for asking. ")
@@ -127,6 +132,26 @@ def _tool_name(item: WorkItem) -> str:
     return str(item.tools[0]["function"]["name"])
 
 
+def _not_in_workload(
+    route: str, body: dict[str, Any], worked: str | None, *, ttft_s: float, token_delay_s: float
+) -> Reply:
+    """A request from outside the demo's workload: a reasoning probe of the sentinel's is worked out
+    (`worked`), anything else gets the simulated model's default answer."""
+    if worked is None:
+        return default_policy(route, body)
+    return Reply(text=worked, ttft_s=ttft_s, token_delay_s=token_delay_s)
+
+
+def _candidate_slip(seed: int) -> Slip:
+    """Where the candidate makes its planted reasoning mistakes: a fixed share of each kind's probes."""
+
+    def slip(kind: str, question: str) -> bool:
+        rate = CANDIDATE_REASONING_SLIP_RATES.get(kind, 0.0)
+        return _fraction(seed, question, f"reasoning-slip-{kind}") < rate
+
+    return slip
+
+
 def primary_policy(items: list[WorkItem], seed: int) -> Policy:
     """The production model: answers every request well, quickly; calls the tool a request offers.
 
@@ -137,9 +162,10 @@ def primary_policy(items: list[WorkItem], seed: int) -> Policy:
     asked: Counter[str] = Counter()
 
     def policy(route: str, body: dict[str, Any]) -> Reply:
-        item = index.get(last_user_text(body))
+        question = last_user_text(body)
+        item = index.get(question)
         if item is None:
-            return default_policy(route, body)
+            return _not_in_workload(route, body, solve(question), ttft_s=0.10, token_delay_s=0.004)
         again = asked[item.question]
         asked[item.question] += 1
         draw = _fraction(seed, f"{item.question}|{again}", "primary-sample")
@@ -206,10 +232,13 @@ def candidate_policy(items: list[WorkItem], seed: int) -> Policy:
         pick = int(_fraction(seed, q, "padding") * len(_OPENERS))
         return _OPENERS[pick] + item.answer + _CLOSERS[pick]
 
+    slip = _candidate_slip(seed)
+
     def policy(route: str, body: dict[str, Any]) -> Reply:
-        item = index.get(last_user_text(body))
+        question = last_user_text(body)
+        item = index.get(question)
         if item is None:
-            return default_policy(route, body)
+            return _not_in_workload(route, body, solve(question, slip), ttft_s=0.30, token_delay_s=0.008)
         ttft_s = 0.30 + 0.30 * _fraction(seed, item.question, "candidate-speed")
         if item.tools:
             call = _candidate_call(item, broken_calls.get(item.question))
