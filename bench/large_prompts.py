@@ -4,14 +4,16 @@ the same load with mirroring off — in one run.
 Starts a simulated primary and candidate and two `shadowtap serve` processes on loopback with the default
 settings (`shadow.max_body_bytes` 8 MiB), one mirroring every chat request and one mirroring none. For
 each prompt size, each proxy in turn gets small "normal" requests at a steady open-loop rate while a
-second stream of large-prompt requests arrives beside them; the normal users' p50/p99 are compared.
+second stream of large-prompt requests arrives beside them; the normal users' p50/p99 are compared. The
+first row (10 KB "large" prompts, parsed and recorded on the loop like any small request) is what
+mirroring costs at all; the rows below it read against it.
 
 Latency on a shared machine moves with whatever else runs on it, so the table also gives figures that do
 not: the CPU time the proxy's event-loop thread spent per large prompt, and that of the processes it
 started (the offload worker, which parses, masks and encodes large pairs). Prints a table and writes it
 to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60).
 
-    python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--sizes 1,2,5]
+    python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--sizes 0.01,1,2,5]
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
         f = {k: float(v) for k, v in on.items() if isinstance(v, (int, float))}
         g = {k: float(v) for k, v in off.items() if isinstance(v, (int, float))}
         lines.append(
-            f"{size:>5} MB | {g['p50']:>7.2f}/{f['p50']:<7.2f} {g['p99']:>8.2f}/{f['p99']:<7.2f} {f['p99'] - g['p99']:>+8.2f} |"
+            f"{size:>5g} MB | {g['p50']:>7.2f}/{f['p50']:<7.2f} {g['p99']:>8.2f}/{f['p99']:<7.2f} {f['p99'] - g['p99']:>+8.2f} |"
             f" {g['added_p50']:>6.2f}/{f['added_p50']:<6.2f} {g['added_p99']:>8.2f}/{f['added_p99']:<7.2f}"
             f" {f['added_p99'] - g['added_p99']:>+7.2f} | {g['lag_p99']:>6.2f}/{f['lag_p99']:<7.2f}"
             f" {g['lag_over_5ms']:>3.0f}/{f['lag_over_5ms']:<3.0f} |"
@@ -220,7 +222,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--large-rate", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 5.0])
+    parser.add_argument(
+        "--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[0.01, 1.0, 2.0, 5.0]
+    )
     parser.add_argument(
         "--no-pin",
         action="store_true",

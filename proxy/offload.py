@@ -2,9 +2,11 @@
 
 A request body over `shadow.offload_bytes` is parsed there (can it be mirrored, what is its sampling key,
 what is the candidate sent), and a pair whose request or answers are over that size is parsed, masked,
-built and encoded there too: the proxy's process only moves bytes (a copy each way, in the executor's
-own threads). Smaller pairs cost less than the trip and are done on the loop, in pieces, as before; both
-ways go through the same functions (`mirror.request_body`, `assemble`), so they record alike.
+built and encoded there too: the proxy's process only moves bytes. Bytes over `spool.SPOOL_BYTES` (the
+body, the candidate's copy of it, a large answer, the record's line) go through files in shared memory
+(`spool.py`), so that no thread of the proxy copies megabytes while holding the GIL. Smaller pairs cost
+less than the trip and are done on the loop, in pieces, as before; both ways go through the same
+functions (`mirror.request_body`, `assemble`), so they record alike.
 
 One worker process per proxy process, started with the dispatcher; if it dies, the pair it held is
 dropped (counted as `offload_failed`) and a new one is started for the next.
@@ -16,19 +18,23 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import mmap
 import multiprocessing
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
 from shadowtap.config import PiiSettings
+from shadowtap.proxy import spool
 from shadowtap.proxy.mirror import candidate_body, request_body
 from shadowtap.proxy.record import SideResult, build_pair
 from shadowtap.proxy.redact import Redactor
 from shadowtap.proxy.sinks import encode_record
+from shadowtap.proxy.spool import SPOOL_BYTES, Spooled
 from shadowtap.records import PairRecord, rfc3339
 from shadowtap.request_text import input_chars
 
@@ -56,7 +62,8 @@ class Prepared:
     stream: bool
     key: str | None  # the body field `shadow.sample_key` names, as text, when it names one
     input_chars: int
-    candidate_body: bytes
+    # A large one is left in a file by the worker and mapped, not copied, by the proxy.
+    candidate_body: bytes | Spooled | mmap.mmap
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +82,7 @@ class PairParts:
     received_at: float
     route: str
     stream: bool
-    request: bytes | Held | dict[str, Any]
+    request: bytes | Spooled | Held | dict[str, Any]
     tags: dict[str, str]
     primary: SideResult
     candidate: SideResult
@@ -88,7 +95,7 @@ class EncodedRecord(dict[str, Any]):
 
     __slots__ = ("line",)
 
-    def __init__(self, record: PairRecord, line: bytes) -> None:
+    def __init__(self, record: PairRecord, line: bytes | Spooled | mmap.mmap) -> None:
         super().__init__(record)
         self.line = line
 
@@ -168,27 +175,32 @@ def _cut_strings(value: Any) -> Any:
 
 _worker_redactor: Redactor | None = None
 _worker_loop: asyncio.AbstractEventLoop | None = None
+_worker_spool: str | None = None  # where large results are left for the proxy (None: sent back whole)
 # Request bodies `prepare` parsed, kept for their `record`, oldest first; bounded in bytes (a body pushed
 # out, or one whose pair was not recorded, is sent again or just forgotten).
 _held: OrderedDict[str, bytes] = OrderedDict()
 HELD_MAX_BYTES = 256 * 1024 * 1024
 
 
-def _start_worker(pii: dict[str, Any]) -> None:
-    global _worker_redactor, _worker_loop
+def _start_worker(pii: dict[str, Any], spool_dir: str | None) -> None:
+    global _worker_redactor, _worker_loop, _worker_spool
     # Recording is background work: where CPU is short, the kernel serves the proxy's users first.
     os.nice(WORKER_NICENESS)
     _worker_redactor = Redactor(PiiSettings.model_validate(pii))
     _worker_loop = asyncio.new_event_loop()
+    _worker_spool = spool_dir
 
 
 def _ready() -> bool:
     return _worker_redactor is not None
 
 
-def prepare(route: str, raw: bytes, model: str | None, key_field: str, pair_id: str) -> Prepared | str:
+def prepare(
+    route: str, sent: bytes | Spooled, model: str | None, key_field: str, pair_id: str
+) -> Prepared | str:
     """A large request body, parsed: what mirroring it takes, or why it cannot be (a skip reason). The
     body is kept for the pair's `record`."""
+    raw = spool.read(sent) if isinstance(sent, Spooled) else sent
     body = request_body(route, raw)
     if isinstance(body, str):
         return body
@@ -198,8 +210,31 @@ def prepare(route: str, raw: bytes, model: str | None, key_field: str, pair_id: 
         stream=body.get("stream") is True,
         key=None if key is None else str(key),
         input_chars=input_chars(body),
-        candidate_body=candidate_body(route, body, model),
+        candidate_body=_leave(pair_id, "candidate", candidate_body(route, body, model)),
     )
+
+
+def _leave(pair_id: str, what: str, data: bytes) -> bytes | Spooled:
+    """Large bytes for the proxy, left in a file it maps; sent back whole when small, or when no file
+    can be written."""
+    if _worker_spool is None or len(data) < SPOOL_BYTES:
+        return data
+    try:
+        return spool.write(spool_path(_worker_spool, pair_id, what), data)
+    except OSError as exc:
+        log.warning(
+            "could not leave %d bytes in %s (%s); sending them back whole", len(data), _worker_spool, exc
+        )
+        return data
+
+
+def spool_path(directory: str, pair_id: str, what: str) -> str:
+    """The file one pair's bytes of one kind (SPOOLED_KINDS) are left in."""
+    return os.path.join(directory, f"{pair_id}.{what}")
+
+
+# The request body, the candidate's copy of it, the two answers' bodies, and the record's line.
+SPOOLED_KINDS = ("request", "candidate", "primary", "candidate-answer", "line")
 
 
 def _hold(pair_id: str, raw: bytes) -> None:
@@ -218,10 +253,16 @@ def record(parts: PairParts) -> PairRecord | None:
         if raw is None:
             return NOT_HELD
         parts.request = raw
+    elif isinstance(parts.request, Spooled):
+        parts.request = spool.read(parts.request)
+    for side in (parts.primary, parts.candidate):
+        if side.unparsed is not None and isinstance(side.unparsed.body, Spooled):
+            side.unparsed.body = spool.read(side.unparsed.body)
     built = _worker_loop.run_until_complete(assemble(parts, _worker_redactor))
     if built is None:
         return None
-    return cast(PairRecord, EncodedRecord(scoring_view(built), encode_record(built)))
+    line = _leave(parts.pair_id, "line", encode_record(built))
+    return cast(PairRecord, EncodedRecord(scoring_view(built), line))
 
 
 # What `record` answers when the body it was to have kept is gone (pushed out, or a new worker): the
@@ -232,6 +273,14 @@ NOT_HELD = cast(PairRecord, {"not_held": True})
 # ------------------------------------------------------------------------------ in the proxy process
 
 
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn` in a helper thread. The proxy's loop thread makes none of the offload's system calls (writing
+    and mapping files, and the pool's wake-up write on each submit): each lets go of the GIL, and one of
+    the proxy's busy threads (scoring's) can take it and keep it for up to the switch interval (5 ms)
+    before the loop gets it back."""
+    return await asyncio.to_thread(fn, *args)
+
+
 class Offload:
     """The proxy's handle on its worker process, started on first use (in a thread: starting a process
     takes a while, and the event loop must not wait for it)."""
@@ -240,13 +289,16 @@ class Offload:
         self._pii = pii.model_dump()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._starting: asyncio.Future[concurrent.futures.ProcessPoolExecutor] | None = None
+        self._spool: str | None = None  # this process's directory in shared memory, once made
 
     def _start_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._spool is None:
+            self._spool = spool.make_dir()
         # Not fork: the proxy has threads (the sink's, scoring's) whose held locks a forked child would copy.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=context, initializer=_start_worker, initargs=(self._pii,)
+            max_workers=1, mp_context=context, initializer=_start_worker, initargs=(self._pii, self._spool)
         )
         pool.submit(_ready).result()  # the process is up and has imported what it runs
         return pool
@@ -270,7 +322,15 @@ class Offload:
     async def prepare(
         self, route: str, raw: bytes, model: str | None, key_field: str, pair_id: str
     ) -> Prepared | str:
-        result: Prepared | str = await self._run(prepare, route, raw, model, key_field, pair_id)
+        await self._executor()  # its spool directory is made with it
+        sent = await self._send(pair_id, raw)
+        try:
+            result: Prepared | str = await self._run(pair_id, prepare, route, sent, model, key_field, pair_id)
+        finally:
+            if isinstance(sent, Spooled):
+                await _off_loop(spool.discard, sent.path)
+        if isinstance(result, Prepared) and isinstance(result.candidate_body, Spooled):
+            result = replace(result, candidate_body=await _off_loop(spool.mapped, result.candidate_body))
         return result
 
     async def record(self, parts: PairParts, raw: bytes | None = None) -> PairRecord | None:
@@ -278,22 +338,54 @@ class Offload:
         worker kept (and is sent again only if it did not)."""
         if raw is not None:
             parts.request = Held(parts.pair_id)
-        result: PairRecord | None = await self._run(record, parts)
-        if result is not None and result.get("not_held"):  # the worker did not keep it: sent again
-            assert raw is not None
-            parts.request = raw
-            result = await self._run(record, parts)
+        for what, side in (("primary", parts.primary), ("candidate-answer", parts.candidate)):
+            if side.unparsed is not None and isinstance(side.unparsed.body, bytes):
+                side.unparsed.body = await self._send(parts.pair_id, side.unparsed.body, what)
+        try:
+            result: PairRecord | None = await self._run(parts.pair_id, record, parts)
+            if result is not None and result.get("not_held"):  # the worker did not keep it: sent again
+                assert raw is not None
+                parts.request = await self._send(parts.pair_id, raw)
+                result = await self._run(parts.pair_id, record, parts)
+        finally:
+            for sent in (
+                parts.request,
+                *(s.unparsed.body for s in (parts.primary, parts.candidate) if s.unparsed),
+            ):
+                if isinstance(sent, Spooled):
+                    await _off_loop(spool.discard, sent.path)
+        if isinstance(result, EncodedRecord) and isinstance(result.line, Spooled):
+            result.line = await _off_loop(spool.mapped, result.line)
         return result
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _send(self, pair_id: str, data: bytes, what: str = "request") -> bytes | Spooled:
+        """Bytes for the worker (a request body, an answer's): left in a file when they are large (and a file
+        can be written); as they are otherwise."""
+        if self._spool is None or len(data) < SPOOL_BYTES:
+            return data
+        try:
+            return await _off_loop(spool.write, spool_path(self._spool, pair_id, what), data)
+        except OSError as exc:
+            log.warning(
+                "could not write %d bytes to %s (%s); sending them whole", len(data), self._spool, exc
+            )
+            return data
+
+    async def _run(self, pair_id: str, fn: Callable[..., T], *args: Any) -> T:
         pool = await self._executor()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await asyncio.wrap_future(await _off_loop(pool.submit, fn, *args))
         except BrokenProcessPool as exc:
             log.error("the offload worker process died (%s); a new one starts for the next pair", exc)
             if self._pool is pool:
                 self._pool = None
+            self._discard(pair_id)  # what it may have left for this pair before it died
             raise OffloadFailed(str(exc)) from exc
+
+    def _discard(self, pair_id: str) -> None:
+        if self._spool is not None:
+            for what in SPOOLED_KINDS:
+                spool.discard(spool_path(self._spool, pair_id, what))
 
     async def aclose(self) -> None:
         if self._starting is not None:
@@ -302,3 +394,6 @@ class Offload:
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        directory, self._spool = self._spool, None
+        if directory is not None:
+            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shadowtap.config import ShadowSettings
+from shadowtap.proxy.spool import Spooled
 from shadowtap.records import (
     APIS,
     PAIR_SCHEMA,
@@ -63,7 +64,7 @@ INFLATE_STEP_BYTES = 256 * 1024
 class Unparsed:
     """An answer body whose parsing was left for later (`settle`), off the event loop when it is large."""
 
-    body: bytes
+    body: bytes | Spooled  # a large one is left in shared memory for the offload worker (spool.py)
     streaming: bool
     truncated: bool
     route: str
@@ -107,6 +108,7 @@ class SideResult:
         """Parse a body left unparsed (`SideAssembler.finish` with `parse_inline_bytes`) into the result."""
         pending, self.unparsed = self.unparsed, None
         if pending is not None:
+            assert isinstance(pending.body, bytes), "the offload worker reads a spooled body back first"
             _parse_body(pending.body, self, pending.streaming, pending.truncated, pending.route)
         return self
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import mmap
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,6 +34,7 @@ from shadowtap.proxy.mirror import MIRRORED_ROUTES, candidate_body, is_json, req
 from shadowtap.proxy.offload import Offload, OffloadFailed, PairParts, assemble
 from shadowtap.proxy.record import CUT_TEXT_BYTES, SideAssembler, SideResult, length_bucket
 from shadowtap.proxy.redact import Redactor
+from shadowtap.proxy.spool import Spooled
 from shadowtap.proxy.transport import UpstreamResponse
 from shadowtap.proxy.upstream import Upstream, forward_headers
 from shadowtap.records import NOISE_FLOOR, PairRecord
@@ -66,7 +68,7 @@ class ShadowJob:
     # A noise-floor job asks the primary again (with the client's headers), not the candidate.
     noise_floor: bool = False
     client_headers: list[tuple[bytes, bytes]] | None = None
-    candidate_body: bytes | bytearray | None = None
+    candidate_body: bytes | bytearray | mmap.mmap | None = None  # mapped: the offload worker's copy
     candidate: SideResult | None = None
     started: float = field(default_factory=time.perf_counter)
 
@@ -107,7 +109,7 @@ class Sampler:
         return int.from_bytes(digest, "big") / 2**64 < rate
 
 
-async def _pieces(body: bytes | bytearray) -> AsyncIterator[bytes]:
+async def _pieces(body: bytes | bytearray | mmap.mmap) -> AsyncIterator[bytes]:
     view = memoryview(body)
     for start in range(0, len(view), SEND_STEP_BYTES):
         yield bytes(view[start : start + SEND_STEP_BYTES])
@@ -402,6 +404,7 @@ class ShadowDispatcher:
             return False
         m.shadow_sampled.labels(route=route).inc()
         job.stream = prepared.stream
+        assert not isinstance(prepared.candidate_body, Spooled), "Offload.prepare maps it"
         job.candidate_body = prepared.candidate_body
         job.tags["length_bucket"] = length_bucket(prepared.input_chars, self.settings.tags.length_buckets)
         return True
@@ -444,7 +447,7 @@ class ShadowDispatcher:
             self._count_candidate(job.route, result)
         return result
 
-    async def _send_shadow(self, job: ShadowJob, body: bytes | bytearray) -> UpstreamResponse:
+    async def _send_shadow(self, job: ShadowJob, body: bytes | bytearray | mmap.mmap) -> UpstreamResponse:
         upstream, headers = self.candidate, self._candidate_headers
         if job.noise_floor:
             assert self.primary is not None and job.client_headers is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import queue
 import threading
 from collections.abc import Mapping
@@ -19,7 +20,9 @@ from shadowtap.metrics import Metrics
 
 log = logging.getLogger("shadowtap.sink")
 
-# A line this long is written by itself, not joined with others (a copy that would hold the GIL).
+# A line this long is written by itself, not joined with others (a copy that would hold the GIL), and a
+# piece this long a call: a kernel built without preemption runs a system call to its end, and one that
+# copies megabytes holds its core (the proxy's loop, woken there meanwhile, waits) for milliseconds.
 LARGE_LINE_BYTES = 256 * 1024
 # Put on a sink's queue after the last record: the writer thread finishes and exits.
 STOP: Final = object()
@@ -41,9 +44,10 @@ class Sink(Protocol):
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
     """One record as compact UTF-8 JSON (a line of a JSONL file, a Kafka message's value); a record the
-    offload worker encoded already (`offload.EncodedRecord`) is its line as it is."""
+    offload worker encoded already (`offload.EncodedRecord`) is its line as it is (copied out of
+    shared memory when the worker left it there)."""
     line = getattr(record, "line", None)
-    if isinstance(line, (bytes, bytearray)):
+    if isinstance(line, (bytes, bytearray, mmap.mmap)):
         return bytes(line)
     text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     try:
@@ -151,11 +155,14 @@ class JsonlSink(ThreadedSink):
         small: list[bytes] = []
         for record in records:
             line = getattr(record, "line", None)
-            if isinstance(line, (bytes, bytearray)) and len(line) >= LARGE_LINE_BYTES:
-                # A large line from the offload worker: written as it is, never copied into a join.
+            if isinstance(line, (bytes, bytearray, mmap.mmap)) and len(line) >= LARGE_LINE_BYTES:
+                # A large line from the offload worker: written as it is (from the shared memory the
+                # worker left it in: the kernel copies it, the GIL released), never copied into a join.
                 self._file.write(b"".join(small))
                 small = []
-                self._file.write(line)
+                view = memoryview(line)
+                for start in range(0, len(view), LARGE_LINE_BYTES):
+                    self._file.write(view[start : start + LARGE_LINE_BYTES])
                 self._file.write(b"\n")
             else:
                 small.append(encode_record(record) + b"\n")

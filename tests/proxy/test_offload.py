@@ -1,6 +1,7 @@
 """Large pairs are parsed, masked and encoded by the offload worker process, and recorded just as small
 ones are: the whole masked request in the record, the candidate asked under its own name, sampling on a
-body field deciding alike, and a worker that dies losing only the pair it held (counted)."""
+body field deciding alike, a 5 MB prompt mirrored with the user's answer untouched and nothing of it left
+in shared memory, and a worker that dies losing only the pair it held (counted)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ import json
 import multiprocessing
 import os
 import signal
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from shadowtap.proxy.record import CUT_TEXT_BYTES
 from shadowtap.proxy.shadow import Sampler
+from shadowtap.proxy.spool import SHARED_MEMORY
 from shadowtap.records import validate_pair
+from shadowtap.testing.server import SimulatedLLM
+from shadowtap.testing.serving import serve_in_thread
 from shadowtap.testing.upstreams import Reply
 from tests.helpers import wait_for
+from tests.proxy.test_surface_bytes import AnswerLog
 
 CHAT_ROUTE = "/v1/chat/completions"
 EMAIL, PHONE = "jane.doe@example.com", "+1 415 555 0134"
@@ -81,6 +89,49 @@ def test_a_large_answer_is_parsed_off_the_loop_and_masked(proxy, primary, candid
         assert pair["masked"]["candidate"] == 1
         assert pair["candidate"]["error"] is None
     assert [p["stream"] for p in sorted(pairs, key=lambda p: p["ts"])] == [False, True]
+
+
+@pytest.fixture
+def logged_primary() -> Iterator[tuple[AnswerLog, str]]:
+    log = AnswerLog(SimulatedLLM("primary-model").app)
+    with serve_in_thread(log) as handle:
+        yield log, handle.base_url
+
+
+def left_in_shared_memory(pair_id: str) -> list[Path]:
+    return list(SHARED_MEMORY.glob(f"shadowtap-offload-*/{pair_id}.*"))
+
+
+def test_a_5_mb_prompt_is_mirrored_whole_and_its_answer_recorded_within_the_cap(
+    proxy_factory, logged_primary, candidate
+):
+    answers, primary_url = logged_primary
+    proxy = proxy_factory(primary_url, candidate.base_url, candidate={"model": "candidate-model"})
+    long_answer = large_prompt(1_500_000)  # over a plain answer's share of shadow.max_record_bytes
+    candidate.sim.policy = lambda route, body: Reply(text=long_answer)
+    prompt = large_prompt(5_000_000)
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]}).encode()
+
+    answer = httpx.post(
+        proxy.url + CHAT_ROUTE, content=raw, headers={"content-type": "application/json"}, timeout=60
+    )
+
+    assert answer.status_code == 200
+    assert answer.content == answers.bodies[-1]  # the primary's bytes, untouched
+    [pair] = proxy.pairs(1, timeout=60)
+    validate_pair(pair)
+    assert pair["request"]["messages"][0]["content"] == prompt.replace(EMAIL, "[EMAIL]").replace(
+        PHONE, "[PHONE]"
+    )
+    assert pair["primary"]["truncated"] is False
+    assert pair["candidate"]["truncated"] is True  # cut at the cap, as the answer of a small prompt is
+    kept = pair["candidate"]["text"]  # a cut JSON answer: its start, as it came
+    assert len(kept) == CUT_TEXT_BYTES and kept.startswith('{"id":') and long_answer[:1000] in kept
+    assert proxy.metric("shadowtap_records_truncated_total", side="candidate") == 1
+    [sent] = [r for r in candidate.sim.received if r.path == CHAT_ROUTE]
+    assert sent.json["model"] == "candidate-model"
+    assert sent.json["messages"][0]["content"] == prompt  # every byte of the prompt reached the candidate
+    assert left_in_shared_memory(pair["id"]) == []  # no copy of the prompt outlives its record
 
 
 def test_sampling_on_a_body_field_decides_a_large_body_as_it_does_a_small_one(
