@@ -54,7 +54,7 @@ _TOKEN_MARKERS = (b"delta", b'"text"', b"output_item.added")
 # stream of max_bytes holds.
 PLAIN_SHARE = 4
 # A plain answer cut at the cap cannot be parsed: the record keeps this much of it, as text.
-CUT_TEXT_BYTES = 64 * 1024
+CUT_TEXT_BYTES = 8 * 1024
 # One `feed` inflates at most this much of a gzip or deflate body; the rest waits for the next chunk (or
 # `finish`), so no single call holds the event loop for long.
 INFLATE_STEP_BYTES = 256 * 1024
