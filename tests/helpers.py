@@ -31,16 +31,24 @@ def wait_for(
         time.sleep(interval)
 
 
-def start_serve(tmp_path: Path, config: dict[str, Any]) -> subprocess.Popen[bytes]:
-    """`shadowtap serve --config FILE` as a real process, in an environment without SHADOWTAP_* variables."""
+def start_serve(tmp_path: Path, config: dict[str, Any], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`shadowtap serve --config FILE` as a real process, in an environment without SHADOWTAP_* variables.
+
+    Its output is piped to the caller, or, with `log`, written to that file (a long run that nobody reads
+    would otherwise fill the pipe and stall the proxy on its next log line)."""
     path = tmp_path / "shadowtap.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
-    )
+    output: Any = subprocess.PIPE if log is None else log.open("wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shadowtap.cli", "serve", "--config", str(path)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+        )
+    finally:
+        if log is not None:
+            output.close()  # the child has its own copy
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -38,7 +38,7 @@ from shadowtap.request_text import last_user_text
 from shadowtap.testing.upstreams import Policy, Reply, default_policy
 from tests.conftest import RunningProxy, Upstream
 from tests.deploy.loops import LoopBlocker, proxy_loop
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, healthy, start_serve, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -688,42 +688,44 @@ class Traffic:
         self._thread.join(timeout=30)
 
 
-def run_scenario(
-    obs: Observability, upstream_factory: Callable[..., Upstream], proxy_factory: Callable[..., RunningProxy]
-) -> ScenarioRun:
+def run_scenario(obs: Observability, upstream_factory: Callable[..., Upstream]) -> ScenarioRun:
     """Once per module: the first test that needs the traffic drives it; later ones read its results."""
     with obs.lock:
         if obs.scenario_failure is not None:
             pytest.fail(f"the traffic scenario failed in an earlier test: {obs.scenario_failure}")
         if obs.scenario is None:
             try:
-                obs.scenario = _drive(obs, upstream_factory, proxy_factory)
+                obs.scenario = _drive(obs, upstream_factory)
             except Exception as exc:
                 obs.scenario_failure = f"{type(exc).__name__}: {exc}"
                 raise
         return obs.scenario
 
 
-def _drive(
-    obs: Observability, upstream_factory: Callable[..., Upstream], proxy_factory: Callable[..., RunningProxy]
-) -> ScenarioRun:
+def _drive(obs: Observability, upstream_factory: Callable[..., Upstream]) -> ScenarioRun:
     primary = upstream_factory("primary-model")
     candidate = upstream_factory("candidate-model", candidate_policy(refusing_billing=False))
     judge = upstream_factory("judge-model", judge_policy)
-    proxy = proxy_factory(
-        primary.base_url,
-        candidate.base_url,
-        candidate={"model": "candidate-model"},
+    # The proxy runs as `shadowtap serve`, in a process of its own as it is deployed: its event loop (and
+    # the scorers beside it) does not share a GIL with the simulated models and the users' threads here.
+    port = free_port()
+    work = obs.targets_dir.parent / "scenario-proxy"
+    work.mkdir()
+    config = {
+        "primary": {"url": primary.base_url},
+        "candidate": {"url": candidate.base_url, "model": "candidate-model"},
+        "server": {"port": port},
+        "sink": {"data_dir": str(work / "data")},
         # A fifth of the mirrored requests also asks the primary again: the noise floor's panels and rules.
-        shadow={
+        "shadow": {
             "sample_rate": 0.9,
             "sample_key": "random",
             "concurrency": 4,
             "queue_size": 4,
             "noise_floor_rate": 0.2,
         },
-        tags={"segments": SEGMENTS},
-        scoring={
+        "tags": {"segments": SEGMENTS},
+        "scoring": {
             "concurrency": 8,
             "queue_size": 5000,
             "scorers": {
@@ -746,8 +748,24 @@ def _drive(
                 },
             },
         },
-    )
-    obs.set_targets("shadowtap-proxy", [f"127.0.0.1:{proxy.handle.port}"])
+    }
+    proc = start_serve(work, config, log=work / "serve.log")
+    try:
+        wait_for(
+            lambda: healthy(f"http://127.0.0.1:{port}"), 30, interval=0.1, what="shadowtap serve to start"
+        )
+        return _drive_traffic(obs, candidate, f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _drive_traffic(obs: Observability, candidate: Upstream, proxy: str) -> ScenarioRun:
+    obs.set_targets("shadowtap-proxy", [proxy.removeprefix("http://")])
     # The vLLM scrape target is unreachable all along (the candidate here is not vLLM): that is an info
     # alert, and never the candidate being down, while every shadow call is answered.
     obs.set_targets("vllm", [f"127.0.0.1:{free_port()}"])
@@ -758,7 +776,7 @@ def _drive(
         what="Prometheus scraping the proxy",
     )
 
-    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0, timeout=30)
+    client = openai.OpenAI(base_url=proxy + "/v1", api_key="sk-user", max_retries=0, timeout=30)
     # A burst of slow shadows fills the candidate's slots and queue: the rest are dropped and counted.
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda n: send(client, n, None, "A slow question, please.", False), range(32)))
@@ -804,9 +822,8 @@ def _drive(
 def test_a_candidate_that_starts_refusing_pages_the_team_through_alertmanager(
     observability: Observability,
     upstream_factory: Callable[..., Upstream],
-    proxy_factory: Callable[..., RunningProxy],
 ) -> None:
-    run = run_scenario(observability, upstream_factory, proxy_factory)
+    run = run_scenario(observability, upstream_factory)
 
     delivered = observability.webhook.firing("ShadowCandidateOnlyRefusals", env="test")
     assert {alert["labels"]["segment"] for _, alert in delivered} == {"billing"}
@@ -961,9 +978,8 @@ def test_grafana_provisioning_points_at_the_dashboards_and_prometheus() -> None:
 def test_every_dashboard_query_returns_data_from_the_real_prometheus(
     observability: Observability,
     upstream_factory: Callable[..., Upstream],
-    proxy_factory: Callable[..., RunningProxy],
 ) -> None:
-    run = run_scenario(observability, upstream_factory, proxy_factory)
+    run = run_scenario(observability, upstream_factory)
     at = run.queried_at
     absent = {
         part for part, (probe, _, _) in EXEMPT_WHILE_ABSENT.items() if not observability.query(probe, at=at)
@@ -1003,9 +1019,8 @@ def test_every_dashboard_query_returns_data_from_the_real_prometheus(
 def test_an_unreachable_vllm_target_is_information_and_never_the_candidate_down(
     observability: Observability,
     upstream_factory: Callable[..., Upstream],
-    proxy_factory: Callable[..., RunningProxy],
 ) -> None:
-    run = run_scenario(observability, upstream_factory, proxy_factory)
+    run = run_scenario(observability, upstream_factory)
     delivered = observability.webhook.firing("ShadowVllmTargetDown", env="test")
     assert delivered, "the unreachable vLLM target was not said"
     assert {alert["labels"]["severity"] for _, alert in delivered} == {"info"}
@@ -1024,9 +1039,8 @@ def test_an_unreachable_vllm_target_is_information_and_never_the_candidate_down(
 def test_a_segment_with_too_little_traffic_says_so_instead_of_staying_silent(
     observability: Observability,
     upstream_factory: Callable[..., Upstream],
-    proxy_factory: Callable[..., RunningProxy],
 ) -> None:
-    run = run_scenario(observability, upstream_factory, proxy_factory)
+    run = run_scenario(observability, upstream_factory)
     delivered = observability.webhook.firing(
         "ShadowQualityDataInsufficient", segment="none", scorer="refusal"
     )
@@ -1056,7 +1070,7 @@ def test_a_blocked_event_loop_pages_and_a_healthy_run_did_not(
     upstream_factory: Callable[..., Upstream],
     proxy_factory: Callable[..., RunningProxy],
 ) -> None:
-    run_scenario(observability, upstream_factory, proxy_factory)
+    run_scenario(observability, upstream_factory)
     user_facing = (
         "ShadowProxyEventLoopBlocked",
         "ShadowSLOAvailabilityBudgetBurn",
