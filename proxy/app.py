@@ -25,6 +25,7 @@ from shadowtap.errors import PrimaryStreamBroken, openai_error_body
 from shadowtap.metrics import Metrics, route_label
 from shadowtap.proxy.feedback import FEEDBACK_PATH, ProductionSignals
 from shadowtap.proxy.logs import ThrottledLog
+from shadowtap.proxy.offload import Offload
 from shadowtap.proxy.paths import canonical_path
 from shadowtap.proxy.protocol import ProxyHttpProtocol
 from shadowtap.proxy.record import SideAssembler, SideResult
@@ -55,7 +56,9 @@ class Proxy:
         self.metrics = metrics
         self.primary = Upstream("primary", settings.primary)
         self.candidate = Upstream("candidate", settings.candidate) if settings.candidate.url else None
-        self.signals = ProductionSignals(settings, metrics)  # feedback and retries
+        # Large request bodies are parsed in this worker process, for mirroring and for retry detection.
+        self.offload = Offload(settings.redaction.pii)
+        self.signals = ProductionSignals(settings, metrics, self.offload)  # feedback and retries
         self.shadow = (
             ShadowDispatcher(
                 settings,
@@ -63,6 +66,7 @@ class Proxy:
                 metrics,
                 [*handlers, self.signals.pair_recorded],
                 primary=self.primary,
+                offload=self.offload,
             )
             if self.candidate is not None
             else None
@@ -80,7 +84,8 @@ class Proxy:
         await self.primary.aclose()
         if self.candidate is not None:
             await self.candidate.aclose()
-        self.signals.close()
+        await self.signals.aclose()
+        await self.offload.aclose()
 
     async def handle(
         self,

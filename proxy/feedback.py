@@ -27,8 +27,9 @@ from shadowtap.config import Settings
 from shadowtap.errors import openai_error_body
 from shadowtap.feedback import FEEDBACK_SCHEMA, RETRY_SIGNAL, Feedback
 from shadowtap.metrics import Metrics, segment_label
+from shadowtap.proxy.offload import Offload, OffloadFailed
 from shadowtap.proxy.redact import Redactor
-from shadowtap.proxy.retry import Exchange, RetryDetector
+from shadowtap.proxy.retry import Exchange, RetryDetector, message_digest
 from shadowtap.proxy.shadow import MIRRORED_ROUTES, Sampler
 from shadowtap.proxy.sinks import JsonlSink, Sink
 from shadowtap.records import PairRecord, is_noise_floor, utc_now_rfc3339
@@ -133,13 +134,18 @@ def _value(body: dict[str, Any]) -> float | None:
 class ProductionSignals:
     """The proxy's side of feedback and retries: watches primary exchanges, takes feedback posts."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, offload: Offload | None = None) -> None:
         self.settings = settings
         self.config = settings.feedback
         self.metrics = metrics
         self.index = ResponseIndex(settings.feedback.recent_responses)
         self.retries = RetryDetector(settings.retry) if settings.retry.enabled else None
         self.sampler = Sampler(settings)
+        # A body over `shadow.offload_bytes` is parsed for retries in this worker process, not on the loop
+        # (without one, only smaller bodies are looked at).
+        self.offload = offload
+        self.offload_bytes = settings.shadow.offload_bytes
+        self._checks: set[asyncio.Task[None]] = set()
         self.redactor = Redactor(settings.redaction.pii)
         self.segments = frozenset(settings.tags.segments)
         self.segment_header = settings.tags.segment_header.lower().encode("latin-1")
@@ -156,7 +162,12 @@ class ProductionSignals:
             return send
         exchange = Exchange(segment=self._segment(scope["headers"]))
         if self.retries is not None and body is not None and len(body) <= self.retries.max_body_bytes:
-            asyncio.get_running_loop().call_soon(self._check_retry, scope, body, exchange)
+            if len(body) <= self.offload_bytes:
+                asyncio.get_running_loop().call_soon(self._check_retry, scope, body, exchange)
+            elif self.offload is not None:
+                task = asyncio.get_running_loop().create_task(self._check_large_retry(scope, body, exchange))
+                self._checks.add(task)
+                task.add_done_callback(self._checks.discard)
         state = {"peek": True}
 
         async def observed(message: dict[str, Any]) -> None:
@@ -186,15 +197,35 @@ class ProductionSignals:
         try:
             body = self.retries.parse(raw_body)
             key = self.sampler.key(scope["headers"], body) if body is not None else None
-            if body is None or key is None:
-                return
-            earlier = self.retries.observe(key, scope["path"], body, exchange, time.monotonic())
-            if earlier is not None:
-                self.metrics.retries.labels(segment=segment_label(earlier.segment, self.segments)).inc()
-                if earlier.response_id is not None or earlier.pair_id is not None:
-                    self._record(earlier, RETRY_SIGNAL, None, None, source="proxy")
+            digest = message_digest(scope["path"], body) if body is not None else None
+            if key is not None and digest is not None:
+                self._observe(key, digest, exchange)
         except Exception:  # off the user's path, but never silent
             log.exception("retry detection failed")
+
+    async def _check_large_retry(self, scope: dict[str, Any], raw_body: bytes, exchange: Exchange) -> None:
+        """`_check_retry` for a large body: parsed and digested in the offload worker."""
+        assert self.retries is not None and self.offload is not None
+        try:
+            found = await self.offload.retry_fingerprint(scope["path"], raw_body, self.sampler.field)
+            if found is None:
+                return
+            field_key, digest = found
+            key = field_key if self.sampler.kind == "body" else self.sampler.key(scope["headers"], {})
+            if key is not None:
+                self._observe(key, digest, exchange)
+        except OffloadFailed as exc:
+            log.warning("retry detection skipped a large request: the offload worker failed (%s)", exc)
+        except Exception:  # off the user's path, but never silent
+            log.exception("retry detection failed")
+
+    def _observe(self, key: str, digest: bytes, exchange: Exchange) -> None:
+        assert self.retries is not None
+        earlier = self.retries.observe_digest(key, digest, exchange, time.monotonic())
+        if earlier is not None:
+            self.metrics.retries.labels(segment=segment_label(earlier.segment, self.segments)).inc()
+            if earlier.response_id is not None or earlier.pair_id is not None:
+                self._record(earlier, RETRY_SIGNAL, None, None, source="proxy")
 
     def pair_recorded(self, pair: PairRecord) -> None:
         """A pair handler: ties the pair's id to its primary response id (a noise-floor pair, which shares
@@ -338,6 +369,13 @@ class ProductionSignals:
                 name="feedback",
             )
         return JsonlSink(data_dir / "feedback.jsonl", self.metrics, sink.queue_size, name="feedback")
+
+    async def aclose(self) -> None:
+        """Stop the retry checks still waiting on the offload worker, then close the feedback sink."""
+        for task in list(self._checks):
+            task.cancel()
+        await asyncio.gather(*self._checks, return_exceptions=True)
+        self.close()
 
     def close(self) -> None:
         if self._sink is not None:

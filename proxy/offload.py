@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import mmap
 import multiprocessing
@@ -33,6 +34,7 @@ from shadowtap.proxy import spool
 from shadowtap.proxy.mirror import candidate_body, request_body
 from shadowtap.proxy.record import SideResult, build_pair
 from shadowtap.proxy.redact import Redactor
+from shadowtap.proxy.retry import RetryDetector, message_digest
 from shadowtap.proxy.sinks import encode_record
 from shadowtap.proxy.spool import SPOOL_BYTES, Spooled
 from shadowtap.records import PairRecord, rfc3339
@@ -214,6 +216,19 @@ def prepare(
     )
 
 
+def retry_fingerprint(route: str, sent: bytes | Spooled, key_field: str) -> tuple[str | None, bytes] | None:
+    """What retry detection needs of a large request body: the body field `shadow.sample_key` names (as
+    text, when it names one and the body has it), and its last user message's digest; None when the body
+    is not a JSON object or has no user message."""
+    raw = spool.read(sent) if isinstance(sent, Spooled) else sent
+    body = RetryDetector.parse(raw)
+    digest = None if body is None else message_digest(route, body)
+    if body is None or digest is None:
+        return None
+    key = body.get(key_field) if key_field else None
+    return None if key is None else str(key), digest
+
+
 def _leave(pair_id: str, what: str, data: bytes) -> bytes | Spooled:
     """Large bytes for the proxy, left in a file it maps; sent back whole when small, or when no file
     can be written."""
@@ -290,6 +305,7 @@ class Offload:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._starting: asyncio.Future[concurrent.futures.ProcessPoolExecutor] | None = None
         self._spool: str | None = None  # this process's directory in shared memory, once made
+        self._tokens = itertools.count()
 
     def _start_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._spool is None:
@@ -331,6 +347,22 @@ class Offload:
                 await _off_loop(spool.discard, sent.path)
         if isinstance(result, Prepared) and isinstance(result.candidate_body, Spooled):
             result = replace(result, candidate_body=await _off_loop(spool.mapped, result.candidate_body))
+        return result
+
+    async def retry_fingerprint(
+        self, route: str, raw: bytes, key_field: str
+    ) -> tuple[str | None, bytes] | None:
+        """The worker's `retry_fingerprint` of a large request body."""
+        await self._executor()
+        token = f"retry-{next(self._tokens)}"  # names the body's file, as a pair id does
+        sent = await self._send(token, raw)
+        try:
+            result: tuple[str | None, bytes] | None = await self._run(
+                token, retry_fingerprint, route, sent, key_field
+            )
+        finally:
+            if isinstance(sent, Spooled):
+                await _off_loop(spool.discard, sent.path)
         return result
 
     async def record(self, parts: PairParts, raw: bytes | None = None) -> PairRecord | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from shadowtap.config import RetrySettings
 
-__all__ = ["Exchange", "RetryDetector", "last_user_text"]
+__all__ = ["Exchange", "RetryDetector", "last_user_text", "message_digest"]
 
 
 @dataclass(slots=True)
@@ -68,6 +68,15 @@ def last_user_text(route: str, body: dict[str, Any]) -> str | None:
     return prompt if isinstance(prompt, str) else None
 
 
+def message_digest(route: str, body: dict[str, Any]) -> bytes | None:
+    """What is remembered of a request's last user message: a digest of it and its route (None: it has
+    none)."""
+    text = last_user_text(route, body)
+    if text is None:
+        return None
+    return hashlib.blake2b(f"{route}\0{text}".encode("utf-8", "replace"), digest_size=16).digest()
+
+
 class RetryDetector:
     """Remembers each conversation key's last user message (as a digest) and when it was sent."""
 
@@ -92,10 +101,12 @@ class RetryDetector:
         self, key: str, route: str, body: dict[str, Any], exchange: Exchange, now: float
     ) -> Exchange | None:
         """Note this request; the earlier exchange it retries, if it is a retry."""
-        text = last_user_text(route, body)
-        if text is None:
-            return None
-        digest = hashlib.blake2b(f"{route}\0{text}".encode("utf-8", "replace"), digest_size=16).digest()
+        digest = message_digest(route, body)
+        return None if digest is None else self.observe_digest(key, digest, exchange, now)
+
+    def observe_digest(self, key: str, digest: bytes, exchange: Exchange, now: float) -> Exchange | None:
+        """`observe` for a request whose `message_digest` was taken elsewhere (a large body's, off the
+        proxy's event loop)."""
         earlier = self._last.pop(key, None)
         self._last[key] = _Seen(digest, now, exchange)
         while len(self._last) > self.max_conversations:

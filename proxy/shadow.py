@@ -160,6 +160,7 @@ class ShadowDispatcher:
         metrics: Metrics,
         handlers: Sequence[PairHandler],
         primary: Upstream | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings
         self.candidate = candidate
@@ -168,7 +169,9 @@ class ShadowDispatcher:
         self.handlers = handlers
         self.sampler = Sampler(settings)
         self.redactor = Redactor(settings.redaction.pii)
-        self.offload = Offload(settings.redaction.pii)
+        # The worker process large bodies go to; one given is shared, and its owner closes it.
+        self.offload = offload if offload is not None else Offload(settings.redaction.pii)
+        self._owns_offload = offload is None
         self.offload_bytes = settings.shadow.offload_bytes
         self.segment_header = settings.tags.segment_header.lower().encode("latin-1")
         self.queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=settings.shadow.queue_size)
@@ -324,7 +327,8 @@ class ShadowDispatcher:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         dropped = await self._finish_recording()
-        await self.offload.aclose()
+        if self._owns_offload:
+            await self.offload.aclose()
         while not self.queue.empty():
             job = self.queue.get_nowait()
             self.pending.discard(job)

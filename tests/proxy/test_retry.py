@@ -67,6 +67,38 @@ def test_a_new_question_another_user_or_a_streamed_answer_are_told_apart(retry_p
     )
 
 
+@pytest.mark.parametrize("sample_key", ["body:user", "header:x-conversation"])
+def test_a_large_question_asked_again_is_a_retry_too(proxy_factory, primary, candidate, sample_key):
+    # Bodies over shadow.offload_bytes are parsed for retries in the offload worker, off the event loop.
+    proxy = proxy_factory(
+        primary.base_url,
+        candidate.base_url,
+        candidate={"model": "candidate-model"},
+        shadow={"offload_bytes": 4096, "sample_key": sample_key},
+        tags={"segments": ["billing"]},
+    )
+    long_question = [{"role": "user", "content": "Here is my whole invoice history: " + "x, " * 5000}]
+    other = [{"role": "user", "content": "And here is another one: " + "y, " * 5000}]
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-user", max_retries=0)
+    ids = []
+    for messages in (long_question, long_question, other):
+        answer = client.chat.completions.create(
+            model="m",
+            messages=messages,
+            user="user-9",
+            extra_headers={"X-Shadow-Segment": "billing", "X-Conversation": "conv-9"},
+        )
+        ids.append(answer.id)
+        proxy.pairs(expected=len(ids))  # in order: each one's retry check has run before the next is sent
+
+    wait_for(lambda: proxy.metric("shadowtap_retries_total", segment="billing") == 1, what="the retry")
+    path = proxy.data_dir / "feedback.jsonl"
+    rows = wait_for(
+        lambda: path.exists() and [json.loads(x) for x in path.read_text().splitlines()], what="record"
+    )
+    assert [(r["signal"], r["response_id"]) for r in rows] == [("retry", ids[0])]
+
+
 @pytest.mark.unit
 def test_a_repeat_after_the_window_is_not_a_retry_and_memory_stays_bounded():
     detector = RetryDetector(RetrySettings(window_s=60, max_conversations=3))
