@@ -11,9 +11,9 @@ mirroring costs at all; the rows below it read against it.
 Latency on a shared machine moves with whatever else runs on it, so the table also gives figures that do
 not: the CPU time the proxy's event-loop thread spent per large prompt, and that of the processes it
 started (the offload worker, which parses, masks and encodes large pairs). Prints a table and writes it
-to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60).
+to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60; `--repeats` phases per size and mode, at most 10).
 
-    python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--sizes 0.01,1,2,5]
+    python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--repeats 3] [--sizes 0.01,1,2,5]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from _harness import (  # noqa: E402
 )
 
 MAX_SECONDS = 60
+MAX_REPEATS = 10
 CHAT_PATH, NORMAL_PATH = "/v1/chat/completions", "/v1/completions"
 # The normal users ask on another route than the large prompts, so the proxy's own histogram of the time
 # it added (client-facing minus the primary's, per request and route) is theirs alone.
@@ -174,10 +175,15 @@ async def measure(
     rows: list[dict[str, object]] = []
     for size in args.sizes:
         large = large_request(size)
-        for mode in ("off", "on"):
-            row = await measured_phase(urls[mode], pids[mode], large, args)
-            rows.append({"size": size, "mode": mode, **row})
-            print(f"  done: {size} MB, mirroring {mode}", file=sys.stderr)
+        for repeat in range(args.repeats):
+            # Off then on, then on then off: a drift in the machine's load over a size's phases does not
+            # read as one mode's cost.
+            for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+                row = await measured_phase(urls[mode], pids[mode], large, args)
+                rows.append({"size": size, "mode": mode, "repeat": repeat, **row})
+                print(
+                    f"  done: {size} MB, mirroring {mode} ({repeat + 1} of {args.repeats})", file=sys.stderr
+                )
     return rows
 
 
@@ -185,34 +191,46 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         "other users' latency with large prompts mirrored at 100% vs mirroring off (ms; loopback, simulated upstreams)",
         f"machine: {os.cpu_count()} cores; normal {args.rate}/s on {NORMAL_PATH}, large prompts {args.large_rate}/s on "
-        f"{CHAT_PATH}, {args.seconds}s per phase; "
+        f"{CHAT_PATH}, {args.seconds}s per phase, {args.repeats} phases per size and mode (off and on in turn); "
         + (
             "each proxy on core 0 (its offload worker on any core, at nice 10), the upstreams and the load "
             "generator on the others (the candidate at nice 19, as if on its own machine)"
             if args.pinned
             else "every process on any core"
         ),
+        "each figure is the median over the phases; `+`: the median of each phase pair's on minus off, with the"
+        " smallest and largest in brackets",
         "end to end: as the normal users saw it (the simulated primary's own pauses on a large prompt included);"
         " added: what the proxy added to their requests (its shadowtap_added_latency_seconds, interpolated);"
         f" loop lag: how late the proxy's event loop ran a {LAG_INTERVAL_S * 1000:g} ms timer (p99, and the"
         " samples over 5 ms late)",
         f"then {ALONE} large prompts alone: loop ms = CPU of the proxy's event-loop thread per large prompt"
         " (its own request included); worker ms = CPU of the processes it started (the offload worker)",
-        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>16} {'p99 +':>8} | {'added p50':>13}"
-        f" {'added p99 off/on':>16} {'p99 +':>7} | {'lag p99 off/on':>14} {'>5ms':>7} |"
-        f" {'loop ms off/on':>14} {'worker ms':>9}",
+        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>15} {'p99 +':>22} | {'added p99 off/on':>16}"
+        f" {'p99 +':>21} | {'lag p99 off/on':>14} {'>5ms':>7} | {'loop ms off/on':>14} {'worker ms':>9}",
     ]
-    by = {(r["size"], r["mode"]): r for r in rows}
+
+    def figure(size: float, mode: str, name: str) -> float:
+        return statistics.median(
+            float(r[name])  # type: ignore[arg-type]
+            for r in rows
+            if r["size"] == size and r["mode"] == mode
+        )
+
+    def growth(size: float, name: str) -> str:
+        by = {(r["mode"], r["repeat"]): float(r[name]) for r in rows if r["size"] == size}  # type: ignore[arg-type]
+        deltas = [by[("on", k)] - by[("off", k)] for k in range(args.repeats)]
+        return f"{statistics.median(deltas):+.2f} [{min(deltas):+.2f}, {max(deltas):+.2f}]"
+
     for size in args.sizes:
-        off, on = by[(size, "off")], by[(size, "on")]
-        f = {k: float(v) for k, v in on.items() if isinstance(v, (int, float))}
-        g = {k: float(v) for k, v in off.items() if isinstance(v, (int, float))}
+
+        def pair(name: str, fmt: str, size: float = size) -> str:
+            return f"{figure(size, 'off', name):>{fmt}}/{figure(size, 'on', name):<{fmt}}"
+
         lines.append(
-            f"{size:>5g} MB | {g['p50']:>7.2f}/{f['p50']:<7.2f} {g['p99']:>8.2f}/{f['p99']:<7.2f} {f['p99'] - g['p99']:>+8.2f} |"
-            f" {g['added_p50']:>6.2f}/{f['added_p50']:<6.2f} {g['added_p99']:>8.2f}/{f['added_p99']:<7.2f}"
-            f" {f['added_p99'] - g['added_p99']:>+7.2f} | {g['lag_p99']:>6.2f}/{f['lag_p99']:<7.2f}"
-            f" {g['lag_over_5ms']:>3.0f}/{f['lag_over_5ms']:<3.0f} |"
-            f" {g['loop_ms']:>6.1f}/{f['loop_ms']:<7.1f} {f['worker_ms']:>9.1f}"
+            f"{size:>5g} MB | {pair('p50', '7.2f')} {pair('p99', '7.2f')} {growth(size, 'p99'):>22} |"
+            f" {pair('added_p99', '8.2f')} {growth(size, 'added_p99'):>21} | {pair('lag_p99', '6.2f')}"
+            f" {pair('lag_over_5ms', '3.0f')} | {pair('loop_ms', '6.1f')} {figure(size, 'on', 'worker_ms'):>9.1f}"
         )
     return "\n".join(lines)
 
@@ -222,6 +240,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--large-rate", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3, help="phases per prompt size and mode (default 3)")
     parser.add_argument(
         "--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[0.01, 1.0, 2.0, 5.0]
     )
@@ -236,6 +255,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.seconds = min(args.seconds, MAX_SECONDS)
+    args.repeats = max(1, min(args.repeats, MAX_REPEATS))
     cores = sorted(os.sched_getaffinity(0))
     proxy_cpus = None if args.no_pin or len(cores) < 2 else {cores[0]}
     if proxy_cpus is not None:
