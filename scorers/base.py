@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shadowtap.config import section_error
 from shadowtap.errors import ConfigError
-from shadowtap.records import PairRecord, Score, SideName, side_of
+from shadowtap.records import PairRecord, Score, SideName, is_truncated, side_of
 
 __all__ = [
     "NoConfig",
@@ -95,8 +95,9 @@ class ScorerPlugin(Scorer, Protocol):
 
 
 def side_text(pair: PairRecord, side: SideName) -> str | None:
-    """The assembled output text of one side, or None when that side failed or gave no text."""
+    """The assembled output text of one side, or None when that side failed, gave no text, or was cut at
+    the recording limit (only its start is in the record)."""
     part = side_of(pair, side)
-    if part.get("error") is not None and not part.get("text"):
+    if (part.get("error") is not None and not part.get("text")) or is_truncated(part):
         return None
     return part.get("text")

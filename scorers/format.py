@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shadowtap.errors import ConfigError
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
+from shadowtap.records import SIDES, PairRecord, Score, SideName, is_truncated, side_of, side_outputs
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 
 __all__ = ["FormatConfig", "FormatRule", "FormatScorer"]
@@ -261,7 +261,7 @@ class FormatScorer:
     def _later_choices(self, pair: PairRecord, side: SideName, expect: _Expectation) -> list[Score]:
         """Choices 1.. of an answer with several (`n`, a prompt array), each held to the same format."""
         part = side_of(pair, side)
-        if part.get("error") is not None:
+        if part.get("error") is not None or is_truncated(part):
             return []
         scores = []
         for output in side_outputs(part)[1:]:

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, Field, field_validator
 from shadowtap.config import check_secret, check_url
 from shadowtap.errors import BudgetExhausted, ConfigError, JudgeError, MalformedVerdict
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import PairRecord, Score, SideName, side_of
+from shadowtap.records import SIDES, PairRecord, Score, SideName, is_truncated, side_of
 from shadowtap.request_text import content_text
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 from shadowtap.scorers.pacing import RateLimiter, TokenBudget, backoff_s, retry_after_s
@@ -155,8 +155,10 @@ def render_tools(request: Mapping[str, Any], per_tool: int = 600) -> str:
 def render_answer(pair: PairRecord, side: SideName) -> str | None:
     """One side's whole answer as the judge reads it: each choice apart, with its text, its tool calls
     (name and arguments as sent) and the API's refusal field; None when that side failed or gave
-    nothing. A v1 record's side is its text."""
+    nothing, or was cut at the recording limit. A v1 record's side is its text."""
     part: Mapping[str, Any] = side_of(pair, side)
+    if is_truncated(side_of(pair, side)):
+        return None
     outputs = [o for o in part.get("outputs") or [] if isinstance(o, dict)]
     if not outputs:
         return side_text(pair, side)
@@ -306,6 +308,9 @@ class JudgeScorer:
     async def score(self, pair: PairRecord) -> list[Score]:
         if not self.sampled(str(pair.get("id", ""))):
             self.metrics.judge_skipped.labels(reason="not_sampled").inc()
+            return []
+        if any(is_truncated(side_of(pair, side)) for side in SIDES):  # half an answer is not judged
+            self.metrics.judge_skipped.labels(reason="truncated").inc()
             return []
         primary, candidate = render_answer(pair, "primary"), render_answer(pair, "candidate")
         if primary is None or candidate is None:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from shadowtap.metrics import ScoringMetrics, segment_label
-from shadowtap.records import PairRecord, Score, is_noise_floor
+from shadowtap.records import PairRecord, Score, is_noise_floor, is_truncated
 from shadowtap.scorers.base import ScorerConfig, validate_config
 
 __all__ = ["LatencyConfig", "LatencyLengthScorer"]
@@ -57,10 +57,17 @@ class LatencyLengthScorer:
         primary, candidate = pair["primary"], pair["candidate"]
         if primary.get("error") is not None or candidate.get("error") is not None:
             return []
+        # A side cut at the recording limit has only the start of its text; the candidate's connection is
+        # dropped there, so its latency is not that of its whole answer either.
+        cut = is_truncated(primary) or is_truncated(candidate)
         ratios = {
-            "latency": _ratio(candidate.get("latency_ms"), primary.get("latency_ms")),
+            "latency": None
+            if is_truncated(candidate)
+            else _ratio(candidate.get("latency_ms"), primary.get("latency_ms")),
             "ttft": _ratio(candidate.get("ttft_ms"), primary.get("ttft_ms")),
-            "length": _ratio(len(candidate.get("text") or ""), len(primary.get("text") or "")),
+            "length": None
+            if cut
+            else _ratio(len(candidate.get("text") or ""), len(primary.get("text") or "")),
         }
         if self.metrics is not None and not is_noise_floor(pair):  # the candidate's ratios only
             segment = segment_label((pair.get("tags") or {}).get("segment"), self.segments)

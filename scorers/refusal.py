@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from shadowtap.errors import JudgeError
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
+from shadowtap.records import SIDES, PairRecord, Score, SideName, is_truncated, side_of, side_outputs
 from shadowtap.scorers.base import ScorerConfig, config_key, side_text, validate_config
 from shadowtap.scorers.judge import JudgeConfig
 from shadowtap.scorers.refusal_judge import RefusalJudge
@@ -390,9 +390,10 @@ def pairwise_refusal(primary: RefusalLabel | None, candidate: RefusalLabel | Non
 
 
 def _first_output(pair: PairRecord, side: SideName) -> Mapping[str, Any]:
-    """Output 0 of a pair/v2 side (empty for a v1 record or a failed side)."""
+    """Output 0 of a pair/v2 side (empty for a v1 record, a failed side or one cut at the recording
+    limit)."""
     part = side_of(pair, side)
-    if part.get("error") is not None:
+    if part.get("error") is not None or is_truncated(part):
         return {}
     outputs = side_outputs(part)
     return outputs[0] if outputs else {}

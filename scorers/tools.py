@@ -22,7 +22,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from shadowtap.metrics import ScoringMetrics
-from shadowtap.records import SIDES, PairRecord, Score, SideName, side_of, side_outputs
+from shadowtap.records import SIDES, PairRecord, Score, SideName, is_truncated, side_of, side_outputs
 from shadowtap.scorers.base import NoConfig, validate_config
 
 __all__ = ["ToolsScorer", "offered_tools", "side_calls"]
@@ -69,9 +69,13 @@ def offered_tools(request: Mapping[str, Any]) -> dict[str, Tool]:
 
 
 def side_calls(pair: PairRecord, side: SideName) -> list[Call]:
-    """Every tool call of one side, choice by choice (none for a failed side or a v1 record)."""
+    """Every tool call of one side, choice by choice (none for a failed side, a v1 record, or a side cut
+    at the recording limit, whose last call may be cut mid-arguments)."""
+    part = side_of(pair, side)
+    if is_truncated(part):
+        return []
     calls = []
-    for output in side_outputs(side_of(pair, side)):
+    for output in side_outputs(part):
         for call in output.get("tool_calls") or []:
             name = call.get("name") if isinstance(call, dict) else None
             if isinstance(name, str):
@@ -183,7 +187,10 @@ class ToolsScorer:
             return []
         calls = {side: side_calls(pair, side) for side in SIDES}
         scores = [self._side_score(side, calls[side], tools) for side in SIDES if calls[side]]
-        if all(side_of(pair, side).get("error") is None for side in SIDES):
+        if all(
+            side_of(pair, side).get("error") is None and not is_truncated(side_of(pair, side))
+            for side in SIDES
+        ):
             first = {side: [c for c in calls[side] if c.choice == 0] for side in SIDES}
             compared = compare(first["primary"], first["candidate"])
             if compared is not None:

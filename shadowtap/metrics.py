@@ -85,7 +85,7 @@ CANDIDATE_ERROR_KINDS = (
 SINK_OUTCOMES = ("written", "spilled", "failed", "dropped")
 SCORE_SIDES = ("primary", "candidate", "pair")
 JUDGE_CALL_OUTCOMES = ("ok", "malformed", "error", "rate_limited")
-JUDGE_SKIP_REASONS = ("not_sampled", "budget_exhausted", "missing_answer")
+JUDGE_SKIP_REASONS = ("not_sampled", "budget_exhausted", "missing_answer", "truncated")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 LOOP_DELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -466,7 +466,8 @@ class ScoringMetrics:
         )
         self.judge_skipped = Counter(
             "shadowtap_judge_skipped_total",
-            "Pairs not judged, by reason (not_sampled, budget_exhausted, missing_answer).",
+            "Pairs not judged, by reason (not_sampled, budget_exhausted, missing_answer, truncated: an answer cut "
+            "at the recording limit).",
             ["reason"],
             registry=r,
         )

@@ -129,6 +129,12 @@ def side_of(pair: PairRecord, side: SideName) -> SideRecord:
     return pair["primary"] if side == "primary" else pair["candidate"]
 
 
+def is_truncated(side: SideRecord) -> bool:
+    """Whether the recorded answer was cut at `shadow.max_record_bytes`: the record holds only its start
+    (a stream's first events; a plain body's first bytes, unparsed), so no scorer judges its content."""
+    return side.get("truncated") is True
+
+
 def api_of_route(route: str) -> Api:
     """The OpenAI API a route speaks; a route none of the three names is read as chat completions."""
     path = route.rstrip("/")

@@ -144,3 +144,45 @@ async def test_review_reasons_come_from_the_scorers_including_a_plug_ins_own() -
     _, review = await pipeline.score_pair(slow_refusal)
 
     assert [item["reason"] for item in review] == ["candidate_too_slow", "candidate_refused"]
+
+
+async def test_an_answer_cut_at_the_recording_limit_is_not_scored_on_its_content() -> None:
+    # A plain body over shadow.max_record_bytes is recorded as its first bytes, unparsed: judged as an
+    # answer it would read as a format failure and, here, a refusal.
+    registry = CollectorRegistry()
+    metrics = ScoringMetrics(registry)
+    scorers = {
+        "format": {},
+        "refusal": {"detector": "cues"},
+        "tools": {},
+        "latency": {},
+        # Nothing listens there: a judge call fails (and is counted) at once.
+        "judge": {"base_url": "http://127.0.0.1:9/v1", "model": "judge", "max_retries": 0, "timeout_s": 2},
+    }
+    pipeline = ScoringPipeline(
+        build_scorers({"scorers": scorers}, metrics, frozenset()), metrics, frozenset()
+    )
+    cut = '{"id": "chatcmpl-1", "choices": [{"message": {"content": "I\'m sorry, but I can\'t help with th'
+
+    def pair(truncated: bool) -> PairRecord:
+        return make_pair(
+            primary=make_side('{"ok": true}', latency_ms=100.0),
+            candidate=make_side(cut, outputs=[], truncated=True, latency_ms=900.0)
+            if truncated
+            else make_side(cut, latency_ms=900.0),
+            request=JSON_ASKED,
+        )
+
+    whole, whole_review = await pipeline.score_pair(pair(truncated=False))
+    assert {(r["scorer"], r["side"], r["outcome"]) for r in whole} >= {
+        ("format", "candidate", "fail"),
+        ("refusal", "pair", "candidate_only_refused"),
+        ("latency", "pair", "candidate_slower"),
+    }
+    assert {item["reason"] for item in whole_review} >= {"format_regression", "candidate_refused"}
+
+    records, review = await pipeline.score_pair(pair(truncated=True))
+    assert [(r["scorer"], r["side"]) for r in records if r["side"] != "primary"] == []
+    assert ("format", "primary", "pass") in {(r["scorer"], r["side"], r["outcome"]) for r in records}
+    assert review == []
+    assert registry.get_sample_value("shadowtap_judge_skipped_total", {"reason": "truncated"}) == 1
