@@ -14,6 +14,7 @@ started (the offload worker, which parses, masks and encodes large pairs). Print
 to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60; `--repeats` phases per size and mode, at most 10).
 
     python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--repeats 3] [--sizes 0.01,1,2,5]
+        [--no-scoring] [--no-pin]
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ async def measured_phase(url: str, pid: int, large: bytes, args: argparse.Namesp
     client.close()
     return {
         "n": len(latencies),
+        "latencies": latencies,
         "p50": statistics.median(latencies),
         "p99": pct(latencies, 0.99),
         "added_p50": quantile(added, 0.5),
@@ -197,16 +199,22 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             "generator on the others (the candidate at nice 19, as if on its own machine)"
             if args.pinned
             else "every process on any core"
+        )
+        + (
+            "; no in-process scoring"
+            if args.no_scoring
+            else "; pairs scored in-process (the embedded default)"
         ),
         "each figure is the median over the phases; `+`: the median of each phase pair's on minus off, with the"
-        " smallest and largest in brackets",
+        " smallest and largest in brackets; pooled: the p99 of all the phases' latencies of a mode together",
         "end to end: as the normal users saw it (the simulated primary's own pauses on a large prompt included);"
         " added: what the proxy added to their requests (its shadowtap_added_latency_seconds, interpolated);"
         f" loop lag: how late the proxy's event loop ran a {LAG_INTERVAL_S * 1000:g} ms timer (p99, and the"
         " samples over 5 ms late)",
         f"then {ALONE} large prompts alone: loop ms = CPU of the proxy's event-loop thread per large prompt"
         " (its own request included); worker ms = CPU of the processes it started (the offload worker)",
-        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>15} {'p99 +':>22} | {'added p99 off/on':>16}"
+        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>15} {'p99 +':>22} {'pooled p99 off/on, +':>23} |"
+        f" {'added p99 off/on':>16}"
         f" {'p99 +':>21} | {'lag p99 off/on':>14} {'>5ms':>7} | {'loop ms off/on':>14} {'worker ms':>9}",
     ]
 
@@ -216,6 +224,18 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             for r in rows
             if r["size"] == size and r["mode"] == mode
         )
+
+    def pooled(size: float) -> str:
+        """p99 of every phase's latencies together, per mode: the phases of both modes alternate, so a
+        stretch of load from elsewhere falls on both alike."""
+        p99 = {
+            mode: pct(
+                [x for r in rows if r["size"] == size and r["mode"] == mode for x in r["latencies"]],  # type: ignore[attr-defined]
+                0.99,
+            )
+            for mode in ("off", "on")
+        }
+        return f"{p99['off']:>7.2f}/{p99['on']:<7.2f} {p99['on'] - p99['off']:>+7.2f}"
 
     def growth(size: float, name: str) -> str:
         by = {(r["mode"], r["repeat"]): float(r[name]) for r in rows if r["size"] == size}  # type: ignore[arg-type]
@@ -228,7 +248,7 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             return f"{figure(size, 'off', name):>{fmt}}/{figure(size, 'on', name):<{fmt}}"
 
         lines.append(
-            f"{size:>5g} MB | {pair('p50', '7.2f')} {pair('p99', '7.2f')} {growth(size, 'p99'):>22} |"
+            f"{size:>5g} MB | {pair('p50', '7.2f')} {pair('p99', '7.2f')} {growth(size, 'p99'):>22} {pooled(size)} |"
             f" {pair('added_p99', '8.2f')} {growth(size, 'added_p99'):>21} | {pair('lag_p99', '6.2f')}"
             f" {pair('lag_over_5ms', '3.0f')} | {pair('loop_ms', '6.1f')} {figure(size, 'on', 'worker_ms'):>9.1f}"
         )
@@ -249,6 +269,12 @@ def main() -> None:
         action="store_true",
         help="let every process run on any core (default: the proxies on core 0, the simulated upstreams and "
         "the load generator on the others, as on separate machines; the offload workers anywhere)",
+    )
+    parser.add_argument(
+        "--no-scoring",
+        action="store_true",
+        help="no in-process scoring (as when pairs go to Kafka and `shadowtap score` workers elsewhere): "
+        "what mirroring costs without the scoring thread beside the event loop",
     )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "large_prompts.txt"
@@ -276,6 +302,7 @@ def main() -> None:
                 "SHADOWTAP_SHADOW_SAMPLE_RATE": rate,
                 "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim",
                 "SHADOWTAP_SERVER_LOOP_LAG_INTERVAL_S": str(LAG_INTERVAL_S),
+                "SHADOWTAP_SCORING_ENABLED": "false" if args.no_scoring else "true",
             }
             proxy = start_proxy(p_port, c_port, port, work / mode, settings, proxy_cpus)
             procs.append(proxy)
