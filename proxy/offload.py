@@ -288,10 +288,19 @@ NOT_HELD = cast(PairRecord, {"not_held": True})
 # ------------------------------------------------------------------------------ in the proxy process
 
 
+def helper_context() -> Any:
+    """How the proxy starts its helper processes (this worker, and the embedded default's scoring
+    process). Not fork: the proxy has threads (the sink's) whose held locks a forked child would copy.
+    The fork server imports what both run once, so each later start takes milliseconds."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "shadowtap.scorers.embedded"])
+    return context
+
+
 async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
     """`fn` in a helper thread. The proxy's loop thread makes none of the offload's system calls (writing
     and mapping files, and the pool's wake-up write on each submit): each lets go of the GIL, and one of
-    the proxy's busy threads (scoring's) can take it and keep it for up to the switch interval (5 ms)
+    the proxy's busy threads (the sink's) can take it and keep it for up to the switch interval (5 ms)
     before the loop gets it back."""
     return await asyncio.to_thread(fn, *args)
 
@@ -310,11 +319,11 @@ class Offload:
     def _start_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._spool is None:
             self._spool = spool.make_dir()
-        # Not fork: the proxy has threads (the sink's, scoring's) whose held locks a forked child would copy.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
         pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=context, initializer=_start_worker, initargs=(self._pii, self._spool)
+            max_workers=1,
+            mp_context=helper_context(),
+            initializer=_start_worker,
+            initargs=(self._pii, self._spool),
         )
         pool.submit(_ready).result()  # the process is up and has imported what it runs
         return pool

@@ -36,12 +36,12 @@ class Spooled:
     size: int
 
 
-def make_dir() -> str | None:
+def make_dir(prefix: str = "shadowtap-offload-") -> str | None:
     """A private directory in shared memory for one proxy process's files; None where there is none."""
     if not (SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK)):
         return None
     try:
-        return tempfile.mkdtemp(prefix="shadowtap-offload-", dir=SHARED_MEMORY)
+        return tempfile.mkdtemp(prefix=prefix, dir=SHARED_MEMORY)
     except OSError:
         return None
 

@@ -8,7 +8,7 @@ kind, sink, scorer and segment (configured values or `other`). Never user text, 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +21,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 from shadowtap import __version__
 
@@ -146,11 +147,92 @@ def route_label(path: str) -> str:
     return "other"
 
 
+def sink_records_metric(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        "shadowtap_sink_records_total",
+        "Records by sink and outcome: written (delivered), spilled (kept locally for retry), "
+        "failed (a delivery attempt failed), dropped (lost, logged loudly).",
+        ["sink", "outcome"],
+        registry=registry,
+    )
+
+
+def sink_queue_depth_metric(registry: CollectorRegistry) -> Gauge:
+    return Gauge(
+        "shadowtap_sink_queue_depth",
+        "Records waiting to be written by the sink.",
+        ["sink"],
+        registry=registry,
+    )
+
+
+class SinkMetrics:
+    """Just the two metrics a sink exports, on a registry of their own: those of the embedded default's
+    scoring process, for its score and review files."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sink_records = sink_records_metric(self.registry)
+        self.sink_queue_depth = sink_queue_depth_metric(self.registry)
+
+    def initialise_sink(self, name: str) -> None:
+        for outcome in SINK_OUTCOMES:
+            self.sink_records.labels(sink=name, outcome=outcome)
+
+    def state(self) -> tuple[float, ...]:
+        """The record counts: they change as the files are written."""
+        return tuple(
+            s.value
+            for family in self.sink_records.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
+
+
+class MergingRegistry(CollectorRegistry):
+    """A registry whose collectors may export the same family: its samples are summed into one family.
+
+    The embedded default's scoring runs in a process of its own (`scorers.embedded`), whose figures the
+    proxy's `/metrics` shows beside its own: some families (`shadowtap_sink_records_total` for the score
+    and review files, every scoring family the proxy starts at zero) have series from both processes.
+    Prometheus takes each family once per scrape, so they are joined here; a series both export reads
+    the sum (the proxy's copy of a scoring series stays at zero)."""
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        merged: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Any]] = {}
+        for family in super().collect():
+            first = families.get(family.name)
+            if first is None:
+                families[family.name] = family
+                continue
+            samples = merged.get(family.name)
+            if samples is None:
+                samples = merged[family.name] = {}
+                for sample in first.samples:
+                    samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = samples.get(key)
+                if seen is None:
+                    samples[key] = sample
+                elif not sample.name.endswith("_created"):  # a creation time is not a count
+                    samples[key] = seen._replace(value=seen.value + sample.value)
+        for name, family in families.items():
+            samples = merged.get(name)
+            if samples is None:
+                yield family
+                continue
+            joined = Metric(family.name, family.documentation, family.type, family.unit)
+            joined.samples = list(samples.values())
+            yield joined
+
+
 class Metrics:
     """All shadowtap metrics, registered on `registry`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else MergingRegistry()
         r = self.registry
 
         # Request path
@@ -307,22 +389,14 @@ class Metrics:
         )
 
         # Sinks
-        self.sink_records = Counter(
-            "shadowtap_sink_records_total",
-            "Records by sink and outcome: written (delivered), spilled (kept locally for retry), "
-            "failed (a delivery attempt failed), dropped (lost, logged loudly).",
-            ["sink", "outcome"],
-            registry=r,
-        )
+        self.sink_records = sink_records_metric(r)
         self.sink_spill_bytes = Gauge(
             "shadowtap_sink_spill_bytes",
             "Bytes waiting in the sink's local spill file.",
             ["sink"],
             registry=r,
         )
-        self.sink_queue_depth = Gauge(
-            "shadowtap_sink_queue_depth", "Records waiting to be written by the sink.", ["sink"], registry=r
-        )
+        self.sink_queue_depth = sink_queue_depth_metric(r)
         register_process_metrics(r)
         memoize_labels(self)
         self._initialise_children()
@@ -409,11 +483,20 @@ class ScoringMetrics:
         )
         self.scoring_dropped = Counter(
             "shadowtap_scoring_dropped_total",
-            "Pairs not scored because the in-process scoring queue was full.",
+            "Pairs the embedded default's scoring left unscored (they are still in pairs.jsonl): its queue "
+            "was full, or the proxy stopped before they were scored.",
+            registry=r,
+        )
+        self.scoring_restarts = Counter(
+            "shadowtap_scoring_process_restarts_total",
+            "Times the embedded default's scoring process ended unasked and was started again (the pairs "
+            "it had in hand are read again from pairs.jsonl).",
             registry=r,
         )
         self.scoring_queue_depth = Gauge(
-            "shadowtap_scoring_queue_depth", "Pairs waiting for in-process scoring.", registry=r
+            "shadowtap_scoring_queue_depth",
+            "Pairs the embedded default's scoring process has read from pairs.jsonl and not yet scored.",
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "shadowtap_consumer_lag_records",

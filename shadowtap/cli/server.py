@@ -44,7 +44,7 @@ def make_sink(settings: Settings, metrics: Metrics) -> Sink:
 
 
 def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metrics, Sink]:
-    """The ASGI app with its sink (and, in the embedded default, in-process scoring) wired in."""
+    """The ASGI app with its sink (and, in the embedded default, its scoring process) wired in."""
     metrics = metrics or Metrics()
     # Scorers first: a bad scorer setting fails here, before the sink has opened anything.
     scoring = _embedded_scoring(settings, metrics)
@@ -53,11 +53,12 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
     on_startup: list[Callable[[], Any]] = [sink.start]
     on_shutdown: list[Callable[[], Any]] = [lambda: sink.close(settings.server.shutdown_grace_s)]
     if scoring is not None:
-        handlers.append(scoring.submit)
+        # The scoring process follows pairs.jsonl: it starts at the file's end before the sink writes, and
+        # stops once the sink has written its last pair (and reads it to the end first).
         on_startup.insert(0, scoring.start_soon)
-        on_shutdown.insert(0, lambda: scoring.close(settings.server.shutdown_grace_s))
+        on_shutdown.append(lambda: scoring.close(settings.server.shutdown_grace_s))
         scoring.metrics.initialise_scorers(
-            scoring.pipeline.scorers, settings.tags.segments, noise_floor=settings.shadow.noise_floor_rate > 0
+            scoring.scorers, settings.tags.segments, noise_floor=settings.shadow.noise_floor_rate > 0
         )
     for name in (sink.name, *(("scores", "review") if scoring is not None else ())):
         metrics.initialise_sink(name)
@@ -69,6 +70,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Any, Metr
         on_shutdown.append(sampler.close)
     app = create_app(settings, metrics, handlers, on_startup=on_startup, on_shutdown=on_shutdown)
     app.state.loop_lag = sampler
+    app.state.scoring = scoring
     return app, metrics, sink
 
 
