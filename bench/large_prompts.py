@@ -10,7 +10,7 @@ mirroring costs at all; the rows below it read against it.
 
 Latency on a shared machine moves with whatever else runs on it, so the table also gives figures that do
 not: the CPU time the proxy's event-loop thread spent per large prompt, and that of the processes it
-started (the offload worker, which parses, masks and encodes large pairs). Prints a table and writes it
+started (the offload worker, which parses, masks and encodes large pairs, and the scoring process). Prints a table and writes it
 to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60; `--repeats` phases per size and mode, at most 10).
 
     python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--repeats 3] [--sizes 0.01,1,2,5]
@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from shadowtap.scorers.embedded import PROCESS_NAME
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
@@ -195,15 +197,16 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
         f"machine: {os.cpu_count()} cores; normal {args.rate}/s on {NORMAL_PATH}, large prompts {args.large_rate}/s on "
         f"{CHAT_PATH}, {args.seconds}s per phase, {args.repeats} phases per size and mode (off and on in turn); "
         + (
-            "each proxy on core 0 (its offload worker on any core, at nice 10), the upstreams and the load "
+            "each proxy on core 0 with its scoring process (at nice 10; its offload worker on any core, at nice "
+            "10), the upstreams and the load "
             "generator on the others (the candidate at nice 19, as if on its own machine)"
             if args.pinned
             else "every process on any core"
         )
         + (
-            "; no in-process scoring"
+            "; no scoring"
             if args.no_scoring
-            else "; pairs scored in-process (the embedded default)"
+            else "; pairs scored by each proxy's scoring process (the embedded default)"
         ),
         "each figure is the median over the phases; `+`: the median of each phase pair's on minus off, with the"
         " smallest and largest in brackets; pooled: the p99 of all the phases' latencies of a mode together",
@@ -255,6 +258,13 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=40.0)
@@ -268,13 +278,14 @@ def main() -> None:
         "--no-pin",
         action="store_true",
         help="let every process run on any core (default: the proxies on core 0, the simulated upstreams and "
-        "the load generator on the others, as on separate machines; the offload workers anywhere)",
+        "the load generator on the others, as on separate machines; the scoring processes with their proxy, "
+        "the offload workers anywhere)",
     )
     parser.add_argument(
         "--no-scoring",
         action="store_true",
-        help="no in-process scoring (as when pairs go to Kafka and `shadowtap score` workers elsewhere): "
-        "what mirroring costs without the scoring thread beside the event loop",
+        help="no scoring process beside each proxy (as when pairs go to Kafka and `shadowtap score` workers "
+        "run elsewhere): what mirroring costs with no scoring on the machine",
     )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "large_prompts.txt"
@@ -310,8 +321,11 @@ def main() -> None:
         if proxy_cpus is not None:
             asyncio.run(start_workers(urls))
             for pid in pids.values():
-                for child in descendants(pid):  # the offload worker: wherever there is room, at its nice
-                    os.sched_setaffinity(child, set(cores))
+                for child in descendants(pid):
+                    # The offload worker: wherever there is room, at its nice. The scoring process stays on
+                    # the proxy's core: it is the proxy's own work, on the proxy's machine.
+                    if process_name(child) != PROCESS_NAME:
+                        os.sched_setaffinity(child, set(cores))
         rows = asyncio.run(measure(urls, pids, args))
     text = table(rows, args)
     print(text)

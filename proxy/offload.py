@@ -44,8 +44,8 @@ log = logging.getLogger("shadowtap.shadow")
 
 T = TypeVar("T")
 
-# In the record handed to in-process scoring (not the one written), a request string longer than this
-# keeps only its head and tail: the judge shows at most `max_request_chars` of a conversation anyway.
+# In the record scored (not the one written: the embedded default's scoring process cuts it as it reads
+# pairs.jsonl), a request string longer than this keeps only its head and tail: the judge shows at most `max_request_chars` of a conversation anyway.
 SCORING_STRING_CHARS = 64 * 1024
 
 

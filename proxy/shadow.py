@@ -3,8 +3,8 @@
 The request path only ever calls `ShadowDispatcher.consider` (a cheap decision) and `submit` (a
 `put_nowait` on a bounded queue). A fixed pool of workers calls the candidate; a full queue drops the
 shadow and counts it. The pair record is assembled when both sides are done and handed to the pair
-handlers (the sink, and in-process scoring in the embedded mode). A large request body is not even parsed
-here: it goes to the offload worker process (`proxy/offload.py`), as does the recording of a large pair.
+handlers (the sink; in the embedded default a scoring process follows the file it writes). A large
+request body is not even parsed here: it goes to the offload worker process (`proxy/offload.py`), as does the recording of a large pair.
 
 The candidate is asked for `candidate.model`, or, when config names none, for the one model its
 `/models` lists (`ModelDiscovery`); until that is known, sampled requests are not mirrored.

@@ -3,7 +3,8 @@
 A scorer is a class with a `name`, its `outcomes`, its `config_model` and `review_reasons`, and one
 `async def score(pair) -> list[Score]` (see `ScorerPlugin`); it is registered under the
 `shadowtap.scorers` entry point group and enabled under `scoring.scorers` in the config. The workers
-that run the pipeline are `shadowtap.scorers.embedded` (in-process) and `shadowtap.scorers.worker`.
+that run the pipeline are `shadowtap.scorers.embedded` (the embedded default's scoring process, beside
+the proxy) and `shadowtap.scorers.worker` (Kafka, and files offline).
 """
 
 from shadowtap.records import Score

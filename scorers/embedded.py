@@ -44,7 +44,7 @@ from prometheus_client.metrics_core import Metric
 from shadowtap.config import Settings
 from shadowtap.metrics import Metrics, ScoringMetrics, SinkMetrics
 from shadowtap.proxy import spool
-from shadowtap.proxy.offload import helper_context, scoring_view
+from shadowtap.proxy.offload import WORKER_NICENESS, helper_context, scoring_view
 from shadowtap.proxy.sinks import JsonlSink
 from shadowtap.records import PairRecord, ReviewItem, ScoreRecord
 from shadowtap.scorers.runner import ScoringPipeline, build_scorers
@@ -63,6 +63,8 @@ EMBEDDED_CONCURRENCY = 8
 POLL_INTERVAL_S = 0.02
 # How often scored pairs are flushed: the metrics snapshot first, then their records to the files.
 FLUSH_INTERVAL_S = 0.05
+# The scoring process's name in ps and top (at most 15 characters).
+PROCESS_NAME = "shadowtap-score"
 # Bytes of pairs.jsonl read at a time (a longer line is read on in the next call).
 READ_BYTES = 16 * 1024 * 1024
 # A scoring process that ends unasked is started again after this long, doubling up to the maximum
@@ -368,6 +370,10 @@ def run_scoring_process(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Ctrl-C reaches every process of the terminal's group: the proxy stops this one once its sink is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Scoring is background work: where CPU is short, the kernel serves the proxy's users first.
+    os.nice(WORKER_NICENESS)
+    with contextlib.suppress(OSError):  # its name in ps and top (Linux)
+        Path("/proc/self/comm").write_text(PROCESS_NAME)
     asyncio.run(ScoringProcess(settings, Path(pairs_path), resume, Path(snapshot_path), control).run())
 
 

@@ -334,13 +334,16 @@ ScorerEntry = Annotated[dict[str, Any] | Literal[False], BeforeValidator(_scorer
 
 
 class ScoringSettings(_Section):
-    """How pairs are scored: in-process (embedded mode) or by `shadowtap score` workers on Kafka."""
+    """How pairs are scored: by the proxy's scoring process (embedded mode) or by `shadowtap score`
+    workers on Kafka."""
 
-    # In-process scoring in the embedded (JSONL) mode; Kafka workers score regardless.
+    # Scoring in the embedded (JSONL) mode, by a process that follows pairs.jsonl; Kafka workers score
+    # regardless.
     enabled: bool = True
-    # Pairs scored at once; unset: 8 in-process, 16 per Kafka worker.
+    # Pairs scored at once; unset: 8 in the embedded scoring process, 16 per Kafka worker.
     concurrency: int | None = Field(default=None, ge=1)
-    # Pairs waiting for in-process scoring; beyond this they are dropped from scoring and counted.
+    # Pairs the embedded scoring process holds read and unscored; beyond this a new pair is dropped from
+    # scoring (it stays in pairs.jsonl) and counted.
     queue_size: int = Field(default=1000, ge=1)
     # Records a Kafka worker polls and commits as one transaction.
     batch_size: int = Field(default=100, ge=1)

@@ -1,7 +1,7 @@
 """`shadowtap demo`: the whole pipeline on one machine, with no setup, for a first look.
 
 One process runs three SIMULATED models (a primary that answers well, a candidate with planted
-regressions, a judge), the proxy in its embedded default with in-process scoring, and a traffic
+regressions, a judge), the proxy in its embedded default (pairs scored by its scoring process), and a traffic
 generator that replays the bundled workload through the real OpenAI SDK. When scoring has drained, it
 prints the same report as `shadowtap report`.
 """
