@@ -197,8 +197,9 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
         f"machine: {os.cpu_count()} cores; normal {args.rate}/s on {NORMAL_PATH}, large prompts {args.large_rate}/s on "
         f"{CHAT_PATH}, {args.seconds}s per phase, {args.repeats} phases per size and mode (off and on in turn); "
         + (
-            "each proxy on core 0 with its scoring process (at nice 10; its offload worker on any core, at nice "
-            "10), the upstreams and the load "
+            "each proxy on core 0 with its scoring process and "
+            + ("" if not args.offload_anywhere else "(on any core) ")
+            + "its offload worker (both at nice 10), the upstreams and the load "
             "generator on the others (the candidate at nice 19, as if on its own machine)"
             if args.pinned
             else "every process on any core"
@@ -282,6 +283,12 @@ def main() -> None:
         "the offload workers anywhere)",
     )
     parser.add_argument(
+        "--offload-anywhere",
+        action="store_true",
+        help="let each proxy's offload worker run on any core (default: on the proxy's core, with its scoring "
+        "process: all of shadowtap on the proxy's machine, the upstreams undisturbed on theirs)",
+    )
+    parser.add_argument(
         "--no-scoring",
         action="store_true",
         help="no scoring process beside each proxy (as when pairs go to Kafka and `shadowtap score` workers "
@@ -318,8 +325,8 @@ def main() -> None:
             proxy = start_proxy(p_port, c_port, port, work / mode, settings, proxy_cpus)
             procs.append(proxy)
             urls[mode], pids[mode] = f"http://127.0.0.1:{port}/v1/chat/completions", proxy.pid
-        if proxy_cpus is not None:
-            asyncio.run(start_workers(urls))
+        asyncio.run(start_workers(urls))
+        if proxy_cpus is not None and args.offload_anywhere:
             for pid in pids.values():
                 for child in descendants(pid):
                     # The offload worker: wherever there is room, at its nice. The scoring process stays on
