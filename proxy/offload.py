@@ -178,9 +178,10 @@ def _cut_strings(value: Any) -> Any:
 _worker_redactor: Redactor | None = None
 _worker_loop: asyncio.AbstractEventLoop | None = None
 _worker_spool: str | None = None  # where large results are left for the proxy (None: sent back whole)
-# Request bodies `prepare` parsed, kept for their `record`, oldest first; bounded in bytes (a body pushed
-# out, or one whose pair was not recorded, is sent again or just forgotten).
-_held: OrderedDict[str, bytes] = OrderedDict()
+# Request bodies `prepare` parsed, kept (as parsed, with their size in bytes) for their `record`, oldest
+# first; bounded in bytes (a body pushed out, or one whose pair was not recorded, is sent again or just
+# forgotten). Masking copies what it changes, so the kept body is never altered by either use.
+_held: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
 HELD_MAX_BYTES = 256 * 1024 * 1024
 
 
@@ -206,7 +207,7 @@ def prepare(
     body = request_body(route, raw)
     if isinstance(body, str):
         return body
-    _hold(pair_id, raw)
+    _hold(pair_id, len(raw), body)
     key = body.get(key_field) if key_field else None
     return Prepared(
         stream=body.get("stream") is True,
@@ -252,11 +253,11 @@ def spool_path(directory: str, pair_id: str, what: str) -> str:
 SPOOLED_KINDS = ("request", "candidate", "primary", "candidate-answer", "line")
 
 
-def _hold(pair_id: str, raw: bytes) -> None:
-    _held[pair_id] = raw
-    held = sum(len(body) for body in _held.values())
+def _hold(pair_id: str, size: int, body: dict[str, Any]) -> None:
+    _held[pair_id] = (size, body)
+    held = sum(size for size, _ in _held.values())
     while held > HELD_MAX_BYTES and len(_held) > 1:
-        held -= len(_held.popitem(last=False)[1])
+        held -= _held.popitem(last=False)[1][0]
 
 
 def record(parts: PairParts) -> PairRecord | None:
@@ -264,10 +265,10 @@ def record(parts: PairParts) -> PairRecord | None:
     scoring."""
     assert _worker_redactor is not None and _worker_loop is not None, "the worker was not started"
     if isinstance(parts.request, Held):
-        raw = _held.pop(parts.request.pair_id, None)
-        if raw is None:
+        held = _held.pop(parts.request.pair_id, None)
+        if held is None:
             return NOT_HELD
-        parts.request = raw
+        parts.request = held[1]
     elif isinstance(parts.request, Spooled):
         parts.request = spool.read(parts.request)
     for side in (parts.primary, parts.candidate):

@@ -54,6 +54,17 @@ PHONE = re.compile(
 
 
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = "0123456789"
+
+
+def has_digit(value: str) -> bool:
+    """Whether `value` holds a digit (`\\d`, any script's). Ten substring searches are ~50x faster than
+    the regex on a text without any; only a non-ASCII text without an ASCII digit needs the regex."""
+    if any(digit in value for digit in _ASCII_DIGITS):
+        return True
+    return not value.isascii() and _DIGIT.search(value) is not None
+
+
 # Long texts are masked a piece at a time, so that masking never holds the event loop for long.
 SLICE_CHARS = 16 * 1024
 # Where a text may be cut without changing what a built-in pattern matches: after a character that none of
@@ -175,7 +186,7 @@ class Redactor:
             value = EMAIL.sub("[EMAIL]", value)
         # Card and phone numbers need digits; finding none is ~100x cheaper than trying the patterns at
         # every position (which a long answer of prose, whitespace or padding would make them do).
-        if (s.cards or s.phones) and _DIGIT.search(value) is not None:
+        if (s.cards or s.phones) and has_digit(value):
             if s.cards:
                 value = CARD.sub(_mask_card, value)
             if s.phones:

@@ -105,6 +105,28 @@ def test_masking_in_pieces_equals_masking_whole(tokens, size):
     assert "".join(whole(p) for p in cut) == whole(text)
 
 
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(
+        st.one_of(
+            st.characters(codec="ascii"),
+            st.sampled_from("٣३߃௫০๔０𝟎éü中 "),  # digits of other scripts, and letters that are not
+        ),
+        max_size=60,
+    )
+)
+def test_the_quick_digit_check_agrees_with_the_pattern_on_any_text(text):
+    """Card and phone patterns run only on a text with a digit: the quick check must never miss one."""
+    assert redact.has_digit(text) == (re.search(r"\d", text) is not None)
+
+
+def test_numbers_written_in_other_scripts_digits_are_masked_too():
+    """Texts without one ASCII digit take the pattern's slow path, and are masked as before."""
+    masker = Redactor(PiiSettings())
+    assert masker.text("call +٤٤ ٢٠ ٧٩٤٦ ٠٩٥٨ today") == "call [PHONE] today"
+    assert masker.text("card ٤١١١ ١١١١ ١١١١ ١١١١") == "card [CARD]"
+
+
 def test_a_long_ordinary_text_is_cut_near_the_piece_size():
     text = "Your refund of 120 EUR was sent to jane@example.com on 2026-05-01. " * 5000  # ~340 KB
     cut = pieces(text, 16 * 1024)
