@@ -14,9 +14,6 @@ bash deploy/kafka.sh install
 echo "== installing Prometheus and Alertmanager (Debian packages; their services stay off)"
 bash deploy/observability.sh install
 
-echo "== promtool / amtool: config, rules and rule unit tests"
-bash deploy/observability.sh check
-
 echo "== kustomize (the k8s manifests are built as \`kubectl apply -k\` builds them)"
 if ! command -v kustomize >/dev/null && ! command -v kubectl >/dev/null && [ ! -x .cache/bin/kustomize ]; then
   # From the Go module proxy (kustomize v5.4 needs Go 1.21 or later).
