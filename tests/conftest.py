@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from shadowtap.cli.server import build
@@ -18,6 +19,24 @@ from shadowtap.testing.upstreams import ServerHandle, SimulatedLLM, serve_in_thr
 from tests.helpers import wait_for
 
 pytest_plugins = ["tests.kafka_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _sdk_clients_are_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every OpenAI SDK client a test makes is closed when the test ends. One left to the garbage
+    collector in a reference cycle may lose its socket before the client's own finaliser closes it: an
+    "unclosed socket" ResourceWarning (an error here) in whichever later test the collector runs."""
+    made: list[openai.OpenAI] = []
+    init = openai.OpenAI.__init__
+
+    def tracked(self: openai.OpenAI, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", tracked)
+    yield
+    for client in made:
+        client.close()
 
 
 @dataclass

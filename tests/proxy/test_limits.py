@@ -348,16 +348,15 @@ def test_a_client_that_stops_reading_is_dropped_and_frees_the_primarys_connectio
             server={"send_timeout_s": 0.5},
             primary={"max_connections": 1, "timeout_s": 20},
         )
-        stalled = connect(proxy.handle.port)
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.sendall(b"GET /v1/files/file-1/content HTTP/1.1\r\nHost: proxy\r\n\r\n")
-        time.sleep(0.2)
-        started = time.monotonic()
-        with httpx.Client(timeout=20) as client:
-            with client.stream("GET", proxy.base_url + "/files/file-1/content") as other:
-                first = next(other.iter_raw())
-        waited = time.monotonic() - started
-        stalled.close()
+        with connect(proxy.handle.port) as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(b"GET /v1/files/file-1/content HTTP/1.1\r\nHost: proxy\r\n\r\n")
+            time.sleep(0.2)
+            started = time.monotonic()
+            with httpx.Client(timeout=20) as client:
+                with client.stream("GET", proxy.base_url + "/files/file-1/content") as other:
+                    first = next(other.iter_raw())
+            waited = time.monotonic() - started
     finally:
         handle.stop()
 
