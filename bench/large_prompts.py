@@ -2,7 +2,8 @@
 the same load with mirroring off — in one run.
 
 Starts a simulated primary and candidate and two `shadowtap serve` processes on loopback with the default
-settings (`shadow.max_body_bytes` 8 MiB), one mirroring every chat request and one mirroring none. For
+settings (`shadow.max_body_bytes` 8 MiB), one mirroring every chat request and one mirroring none (the
+normal users ask on /v1/completions, which neither mirrors unless `--mirror-everyone`). For
 each prompt size, each proxy in turn gets small "normal" requests at a steady open-loop rate while a
 second stream of large-prompt requests arrives beside them; the normal users' p50/p99 are compared. The
 first row (10 KB "large" prompts, parsed and recorded on the loop like any small request) is what
@@ -14,7 +15,7 @@ started (the offload worker, which parses, masks and encodes large pairs, and th
 to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60; `--repeats` phases per size and mode, at most 10).
 
     python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--repeats 3] [--sizes 0.01,1,2,5]
-        [--no-scoring] [--no-pin]
+        [--no-scoring] [--no-pin] [--offload-anywhere] [--mirror-everyone]
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             else "every process on any core"
         )
         + (
+            "; the normal users' requests mirrored too"
+            if args.mirror_everyone
+            else "; only the large prompts mirrored (the normal users' requests in neither mode)"
+        )
+        + (
             "; no scoring"
             if args.no_scoring
             else "; pairs scored by each proxy's scoring process (the embedded default)"
@@ -295,6 +301,12 @@ def main() -> None:
         "run elsewhere): what mirroring costs with no scoring on the machine",
     )
     parser.add_argument(
+        "--mirror-everyone",
+        action="store_true",
+        help="mirror the normal users' requests as well as the large prompts in the mirroring proxy (default: "
+        "the large prompts only, so that the comparison is of their mirroring alone)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "large_prompts.txt"
     )
     args = parser.parse_args()
@@ -318,6 +330,9 @@ def main() -> None:
             (work / mode).mkdir()
             settings = {
                 "SHADOWTAP_SHADOW_SAMPLE_RATE": rate,
+                # What is compared is the large prompts' mirroring: the normal users' requests are not
+                # mirrored in either mode unless asked (what mirroring them costs is bench/proxy_overhead.py's).
+                "SHADOWTAP_SHADOW_ROUTES": json.dumps({NORMAL_PATH: float(rate) if args.mirror_everyone else 0.0}),
                 "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim",
                 "SHADOWTAP_SERVER_LOOP_LAG_INTERVAL_S": str(LAG_INTERVAL_S),
                 "SHADOWTAP_SCORING_ENABLED": "false" if args.no_scoring else "true",
