@@ -332,7 +332,9 @@ def main() -> None:
                 "SHADOWTAP_SHADOW_SAMPLE_RATE": rate,
                 # What is compared is the large prompts' mirroring: the normal users' requests are not
                 # mirrored in either mode unless asked (what mirroring them costs is bench/proxy_overhead.py's).
-                "SHADOWTAP_SHADOW_ROUTES": json.dumps({NORMAL_PATH: float(rate) if args.mirror_everyone else 0.0}),
+                "SHADOWTAP_SHADOW_ROUTES": json.dumps(
+                    {NORMAL_PATH: float(rate) if args.mirror_everyone else 0.0}
+                ),
                 "SHADOWTAP_CANDIDATE_MODEL": "candidate-sim",
                 "SHADOWTAP_SERVER_LOOP_LAG_INTERVAL_S": str(LAG_INTERVAL_S),
                 "SHADOWTAP_SCORING_ENABLED": "false" if args.no_scoring else "true",
