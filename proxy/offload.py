@@ -292,9 +292,10 @@ NOT_HELD = cast(PairRecord, {"not_held": True})
 def helper_context() -> Any:
     """How the proxy starts its helper processes (this worker, and the embedded default's scoring
     process). Not fork: the proxy has threads (the sink's) whose held locks a forked child would copy.
-    The fork server imports what both run once, so each later start takes milliseconds."""
+    The fork server imports what both run once, so each later start takes milliseconds, and it outlives a
+    SIGTERM to the proxy's process group (`forkserver.py`)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "shadowtap.scorers.embedded"])
+    context.set_forkserver_preload(["shadowtap.proxy.forkserver", __name__, "shadowtap.scorers.embedded"])
     return context
 
 

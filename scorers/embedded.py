@@ -72,6 +72,14 @@ READ_BYTES = 16 * 1024 * 1024
 RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
 RESTART_STEADY_S = 60.0
+
+
+# How long the scoring process waits for the proxy to stop it after a SIGTERM before it stops by itself:
+# the proxy's shutdown (requests, then shadows, each within the grace; then the sink's flush) and a margin.
+def self_stop_after_s(grace_s: float) -> float:
+    return 2 * grace_s + 15.0
+
+
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("shadowtap.scoring")
@@ -418,6 +426,7 @@ class ScoringProcess:
         self._done: list[tuple[tuple[int, int], list[ScoreRecord], list[ReviewItem]]] = []
         self._changes = 0
         self._stop: asyncio.Future[float | None] | None = None
+        self._sigterm_stop: asyncio.TimerHandle | None = None
 
     # Where a process started after this one would begin: the first pair not finished, or the read point.
     def resume_point(self) -> list[int | None]:
@@ -430,7 +439,7 @@ class ScoringProcess:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         loop.add_reader(self.control.fileno(), self._on_control)
-        loop.add_signal_handler(signal.SIGTERM, self._request_stop, self.grace_s)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         self.scores_sink.start()
         self.review_sink.start()
         workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
@@ -477,6 +486,17 @@ class ScoringProcess:
             return
         if isinstance(message, tuple) and message[:1] == ("stop",):
             self._request_stop(float(message[1]))
+
+    def _on_sigterm(self) -> None:
+        # A SIGTERM to the proxy's process group reaches this process too, while the proxy drains its
+        # requests and shadows and its sink writes the pairs they make: the proxy stops this process once
+        # the last is written, so that it is scored. One sent to this process alone is obeyed after a
+        # while (and the proxy starts a new scoring process, as for any that ends unasked).
+        if self._sigterm_stop is None:
+            after_s = self_stop_after_s(self.grace_s)
+            log.info("SIGTERM: scoring goes on until the proxy stops it (by itself in %.0f s)", after_s)
+            loop = asyncio.get_running_loop()
+            self._sigterm_stop = loop.call_later(after_s, self._request_stop, self.grace_s)
 
     def _request_stop(self, deadline_s: float | None) -> None:
         assert self._stop is not None

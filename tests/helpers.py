@@ -31,11 +31,14 @@ def wait_for(
         time.sleep(interval)
 
 
-def start_serve(tmp_path: Path, config: dict[str, Any], log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_serve(
+    tmp_path: Path, config: dict[str, Any], log: Path | None = None, new_session: bool = False
+) -> subprocess.Popen[bytes]:
     """`shadowtap serve --config FILE` as a real process, in an environment without SHADOWTAP_* variables.
 
     Its output is piped to the caller, or, with `log`, written to that file (a long run that nobody reads
-    would otherwise fill the pipe and stall the proxy on its next log line)."""
+    would otherwise fill the pipe and stall the proxy on its next log line). With `new_session` it and the
+    processes it starts are a process group of their own, as under systemd or `timeout`."""
     path = tmp_path / "shadowtap.yaml"
     path.write_text(yaml.safe_dump(config))
     output: Any = subprocess.PIPE if log is None else log.open("wb")
@@ -45,6 +48,7 @@ def start_serve(tmp_path: Path, config: dict[str, Any], log: Path | None = None)
             stdout=output,
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("SHADOWTAP_")},
+            start_new_session=new_session,
         )
     finally:
         if log is not None:

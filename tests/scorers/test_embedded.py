@@ -1,5 +1,6 @@
 """The embedded default's scoring process: it follows pairs.jsonl beside the proxy, its figures are on
-the proxy's /metrics, and when it dies the proxy starts it again without losing a pair or a count."""
+the proxy's /metrics, and when it dies the proxy starts it again without losing a pair or a count; a
+SIGTERM to the proxy's process group leaves it scoring until the proxy's last pair is written."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shadowtap.scorers.embedded import PairsFile
 from shadowtap.testing.upstreams import Reply
-from tests.helpers import wait_for
+from tests.helpers import free_port, healthy, start_serve, wait_for
 
 ASK = [{"role": "user", "content": "The order as JSON, please."}]
 JSON_FORMAT = {"type": "json_object"}
@@ -99,6 +100,51 @@ def test_a_scoring_process_that_dies_is_started_again_and_no_pair_or_count_is_lo
     # The dead process's counts are kept: the totals go on from where they were, never back.
     wait_for(lambda: proxy.metric("shadowtap_pairs_scored_total", source="embedded") == 5, what="the count")
     assert proxy.metric("shadowtap_scores_total", **FORMAT_FAIL) == 5
+
+
+def test_a_sigterm_to_the_proxys_process_group_still_scores_every_pair_it_records(
+    tmp_path: Path, upstream_factory
+):
+    # systemd (KillMode=control-group), `timeout` and a shell's job control signal every process of the
+    # group: the proxy, its fork server, the offload worker and the scoring process.
+    primary = upstream_factory("primary-model", lambda route, body: Reply(text='{"order": 1}'))
+    # The candidate answers a second after the signal: the pairs are written while the proxy drains.
+    candidate = upstream_factory("candidate-model", lambda route, body: Reply(text="order one", ttft_s=1.0))
+    port = free_port()
+    data = tmp_path / "data"
+    config = {
+        "primary": {"url": primary.base_url},
+        "candidate": {"url": candidate.base_url, "model": "candidate-model"},
+        "server": {"port": port, "shutdown_grace_s": 5},
+        "sink": {"data_dir": str(data)},
+    }
+    proc = start_serve(tmp_path, config, new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(base), 30, interval=0.05, what="shadowtap serve to accept connections")
+        with openai.OpenAI(base_url=base + "/v1", api_key="sk-user", max_retries=0) as sdk:
+            ask(sdk, 3)
+            # Over `shadow.offload_bytes`: parsed, masked and recorded by the offload worker.
+            large = [{"role": "user", "content": "The order as JSON, please. " + "Line item. " * 30_000}]
+            answer = sdk.chat.completions.create(
+                model="gpt-prod", messages=large, response_format=JSON_FORMAT
+            )
+            assert answer.choices[0].message.content == '{"order": 1}'
+        wait_for(lambda: len(candidate.sim.received) == 4, what="the four shadows at the candidate")
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "ended unasked" not in output
+    pairs = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 4, output  # the large one too: the offload worker outlived the signal
+    scores = [json.loads(line) for line in (data / "scores.jsonl").read_text().splitlines()]
+    failed = {s["pair_id"] for s in scores if s["scorer"] == "format" and s["side"] == "candidate"}
+    assert failed == {p["id"] for p in pairs}, output
 
 
 def test_pairs_recorded_before_the_proxy_started_are_not_scored_again(proxy_factory, primary, candidate):
