@@ -61,8 +61,10 @@ __all__ = [
 EMBEDDED_CONCURRENCY = 8
 # How often the scoring process looks for new lines in pairs.jsonl, and leaves a snapshot of its metrics.
 POLL_INTERVAL_S = 0.02
-# How often scored pairs are flushed: the metrics snapshot first, then their records to the files.
-FLUSH_INTERVAL_S = 0.05
+# How often scored pairs are flushed: the metrics snapshot first, then their records to the files. A
+# snapshot of the default registry takes about 5 ms of CPU; at 100 pairs/s, flushing every 50 ms cost a
+# quarter of the process's CPU (2.8 ms per pair against 2.1 ms at this interval).
+FLUSH_INTERVAL_S = 0.25
 # The scoring process's name in ps and top (at most 15 characters).
 PROCESS_NAME = "shadowtap-score"
 # Bytes of pairs.jsonl read at a time (a longer line is read on in the next call).
