@@ -3,18 +3,21 @@ the same load with mirroring off — in one run.
 
 Starts a simulated primary and candidate and two `shadowtap serve` processes on loopback with the default
 settings (`shadow.max_body_bytes` 8 MiB), one mirroring every chat request and one mirroring none (the
-normal users ask on /v1/completions, which neither mirrors unless `--mirror-everyone`). For
-each prompt size, each proxy in turn gets small "normal" requests at a steady open-loop rate while a
-second stream of large-prompt requests arrives beside them; the normal users' p50/p99 are compared. The
-first row (10 KB "large" prompts, parsed and recorded on the loop like any small request) is what
-mirroring costs at all; the rows below it read against it.
+normal users ask on /v1/completions, which neither mirrors unless `--mirror-everyone`). For each prompt
+size, the two proxies take turns, in short phases (off then on, then on then off), getting small
+"normal" requests at a steady open-loop rate while a second stream of large-prompt requests arrives
+beside them. The normal users' latencies of all the phases of a mode are pooled; the p99's growth comes
+with a 95% bootstrap interval over the phase pairs, and the target (under 2 ms) is called met only when
+the whole interval is under it. The first row (10 KB "large" prompts, parsed and recorded on the loop
+like any small request) is what mirroring costs at all; the rows below it read against it.
 
 Latency on a shared machine moves with whatever else runs on it, so the table also gives figures that do
 not: the CPU time the proxy's event-loop thread spent per large prompt, and that of the processes it
-started (the offload worker, which parses, masks and encodes large pairs, and the scoring process). Prints a table and writes it
-to bench/results/large_prompts.txt. Stops by itself (each phase `--seconds`, at most 60; `--repeats` phases per size and mode, at most 10).
+started (the offload worker, which parses, masks and encodes large pairs, and the scoring process).
+Prints a table and writes it to bench/results/large_prompts.txt. Stops by itself (each phase
+`--seconds`, at most 60; `--repeats` phases per size and mode, at most 60).
 
-    python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 10] [--repeats 3] [--sizes 0.01,1,2,5]
+    python bench/large_prompts.py [--rate 40] [--large-rate 2] [--seconds 3] [--repeats 20] [--sizes 0.01,1,2,5]
         [--no-scoring] [--no-pin] [--offload-anywhere] [--mirror-everyone]
 """
 
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -49,13 +53,16 @@ from _harness import (  # noqa: E402
 )
 
 MAX_SECONDS = 60
-MAX_REPEATS = 10
+MAX_REPEATS = 60
 CHAT_PATH, NORMAL_PATH = "/v1/chat/completions", "/v1/completions"
 # The normal users ask on another route than the large prompts, so the proxy's own histogram of the time
 # it added (client-facing minus the primary's, per request and route) is theirs alone.
 NORMAL = {"model": "bench", "prompt": "Summarise the refund policy in one line."}
 LAG_INTERVAL_S = 0.002  # the proxies' event-loop lag sampler: a timer every 2 ms
 ALONE = 10  # large prompts sent one after another, with nothing else, to measure what one costs
+SETTLE_S = 1.0  # after a phase, for its last pairs to be recorded and scored
+BOOTSTRAP = 2000  # resamples of the phase pairs for the growth's interval
+TARGET_MS = 2.0  # the growth of other users' p99 that mirroring large prompts may cost
 
 
 def large_request(megabytes: float) -> bytes:
@@ -146,29 +153,34 @@ def quantile(buckets: dict[float, float], q: float) -> float:
     return low * 1000
 
 
-async def measured_phase(url: str, pid: int, large: bytes, args: argparse.Namespace) -> dict[str, object]:
-    """The normal users' latencies beside large prompts; then, alone, what one large prompt costs."""
+async def measured_phase(url: str, large: bytes, args: argparse.Namespace) -> dict[str, object]:
+    """The normal users' latencies beside large prompts, and the proxy's histograms over the phase."""
     before = buckets(url)
     latencies, _ = await phase(url, args.rate, large, args.large_rate, args.seconds)
     after = buckets(url)
-    added, lag = delta(after["added"], before["added"]), delta(after["lag"], before["lag"])
-    await asyncio.sleep(2.0)  # the last records are written
-    client = RawClient(url)
-    loop_before, workers_before = cpu(pid)
-    for _ in range(ALONE):
-        await client.request(large, False)
-    await asyncio.sleep(2.0)
-    loop_after, workers_after = cpu(pid)
-    client.close()
+    # The last pairs are recorded and scored before the other proxy's phase begins, on the same core.
+    await asyncio.sleep(SETTLE_S)
     return {
         "n": len(latencies),
         "latencies": latencies,
         "p50": statistics.median(latencies),
         "p99": pct(latencies, 0.99),
-        "added_p50": quantile(added, 0.5),
-        "added_p99": quantile(added, 0.99),
-        "lag_p99": quantile(lag, 0.99),
-        "lag_over_5ms": lag[float("inf")] - lag.get(0.005, 0.0),
+        "added": delta(after["added"], before["added"]),
+        "lag": delta(after["lag"], before["lag"]),
+    }
+
+
+async def alone(url: str, pid: int, large: bytes) -> dict[str, float]:
+    """What one large prompt costs, sent ALONE times one after another with nothing else: CPU ms of the
+    proxy's event-loop thread, and of the processes it started."""
+    client = RawClient(url)
+    loop_before, workers_before = cpu(pid)
+    for _ in range(ALONE):
+        await client.request(large, False)
+    await asyncio.sleep(2.0)  # the last records are written and scored
+    loop_after, workers_after = cpu(pid)
+    client.close()
+    return {
         "loop_ms": (loop_after - loop_before) * 1000 / ALONE,
         "worker_ms": (workers_after - workers_before) * 1000 / ALONE,
     }
@@ -176,23 +188,52 @@ async def measured_phase(url: str, pid: int, large: bytes, args: argparse.Namesp
 
 async def measure(
     urls: dict[str, str], pids: dict[str, int], args: argparse.Namespace
-) -> list[dict[str, object]]:
+) -> tuple[list[dict[str, object]], dict[tuple[float, str], dict[str, float]]]:
+    """The phases of every size and mode, and what one large prompt costs each proxy at each size."""
     rows: list[dict[str, object]] = []
+    costs: dict[tuple[float, str], dict[str, float]] = {}
     for size in args.sizes:
         large = large_request(size)
         for repeat in range(args.repeats):
             # Off then on, then on then off: a drift in the machine's load over a size's phases does not
             # read as one mode's cost.
             for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
-                row = await measured_phase(urls[mode], pids[mode], large, args)
+                row = await measured_phase(urls[mode], large, args)
                 rows.append({"size": size, "mode": mode, "repeat": repeat, **row})
-                print(
-                    f"  done: {size} MB, mirroring {mode} ({repeat + 1} of {args.repeats})", file=sys.stderr
-                )
-    return rows
+            print(f"  {size} MB: phase pair {repeat + 1} of {args.repeats} done", file=sys.stderr)
+        for mode in ("off", "on"):
+            costs[(size, mode)] = await alone(urls[mode], pids[mode], large)
+    return rows, costs
 
 
-def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
+def pooled_p99(latencies: list[list[float]]) -> float:
+    return pct([x for phase in latencies for x in phase], 0.99)
+
+
+def growth_interval(off: list[list[float]], on: list[list[float]], seed: int = 1) -> tuple[float, float]:
+    """A 95% bootstrap interval for the growth of the pooled p99: the phase pairs resampled with
+    replacement (a pair's two phases stay together, so the machine's drift falls on both modes alike)."""
+    rng = random.Random(seed)
+    growths = []
+    for _ in range(BOOTSTRAP):
+        picks = [rng.randrange(len(off)) for _ in off]
+        growths.append(pooled_p99([on[k] for k in picks]) - pooled_p99([off[k] for k in picks]))
+    growths.sort()
+    return growths[int(0.025 * BOOTSTRAP)], growths[int(0.975 * BOOTSTRAP) - 1]
+
+
+def summed(rows: list[dict[str, object]], name: str) -> dict[float, float]:
+    """One mode's histogram over all its phases."""
+    total: dict[float, float] = {}
+    for r in rows:
+        for bound, count in r[name].items():  # type: ignore[attr-defined]
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
+def table(
+    rows: list[dict[str, object]], costs: dict[tuple[float, str], dict[str, float]], args: argparse.Namespace
+) -> str:
     lines = [
         "other users' latency with large prompts mirrored at 100% vs mirroring off (ms; loopback, simulated upstreams)",
         f"machine: {os.cpu_count()} cores; normal {args.rate}/s on {NORMAL_PATH}, large prompts {args.large_rate}/s on "
@@ -215,53 +256,46 @@ def table(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
             if args.no_scoring
             else "; pairs scored by each proxy's scoring process (the embedded default)"
         ),
-        "each figure is the median over the phases; `+`: the median of each phase pair's on minus off, with the"
-        " smallest and largest in brackets; pooled: the p99 of all the phases' latencies of a mode together",
+        "each figure pools every phase of a mode; p99 +: the on mode's p99 minus the off mode's, with a 95%"
+        f" bootstrap interval over the {args.repeats} phase pairs",
         "end to end: as the normal users saw it (the simulated primary's own pauses on a large prompt included);"
         " added: what the proxy added to their requests (its shadowtap_added_latency_seconds, interpolated);"
         f" loop lag: how late the proxy's event loop ran a {LAG_INTERVAL_S * 1000:g} ms timer (p99, and the"
         " samples over 5 ms late)",
         f"then {ALONE} large prompts alone: loop ms = CPU of the proxy's event-loop thread per large prompt"
-        " (its own request included); worker ms = CPU of the processes it started (the offload worker)",
-        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>15} {'p99 +':>22} {'pooled p99 off/on, +':>23} |"
-        f" {'added p99 off/on':>16}"
-        f" {'p99 +':>21} | {'lag p99 off/on':>14} {'>5ms':>7} | {'loop ms off/on':>14} {'worker ms':>9}",
+        " (its own request included); helpers ms = CPU of the processes it started (offload worker, scoring)",
+        f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>15} {'p99 + [95%]':>24} |"
+        f" {'added p99 off/on':>16} {'+':>6} | {'lag p99 off/on':>14} {'>5ms':>9} | {'loop ms off/on':>14}"
+        f" {'helpers ms':>10}",
     ]
-
-    def figure(size: float, mode: str, name: str) -> float:
-        return statistics.median(
-            float(r[name])  # type: ignore[arg-type]
-            for r in rows
-            if r["size"] == size and r["mode"] == mode
-        )
-
-    def pooled(size: float) -> str:
-        """p99 of every phase's latencies together, per mode: the phases of both modes alternate, so a
-        stretch of load from elsewhere falls on both alike."""
-        p99 = {
-            mode: pct(
-                [x for r in rows if r["size"] == size and r["mode"] == mode for x in r["latencies"]],  # type: ignore[attr-defined]
-                0.99,
-            )
+    verdicts = []
+    for size in args.sizes:
+        of = {mode: [r for r in rows if r["size"] == size and r["mode"] == mode] for mode in ("off", "on")}
+        by_repeat = {
+            mode: [r["latencies"] for r in sorted(of[mode], key=lambda r: int(r["repeat"]))]  # type: ignore[arg-type]
             for mode in ("off", "on")
         }
-        return f"{p99['off']:>7.2f}/{p99['on']:<7.2f} {p99['on'] - p99['off']:>+7.2f}"
-
-    def growth(size: float, name: str) -> str:
-        by = {(r["mode"], r["repeat"]): float(r[name]) for r in rows if r["size"] == size}  # type: ignore[arg-type]
-        deltas = [by[("on", k)] - by[("off", k)] for k in range(args.repeats)]
-        return f"{statistics.median(deltas):+.2f} [{min(deltas):+.2f}, {max(deltas):+.2f}]"
-
-    for size in args.sizes:
-
-        def pair(name: str, fmt: str, size: float = size) -> str:
-            return f"{figure(size, 'off', name):>{fmt}}/{figure(size, 'on', name):<{fmt}}"
-
+        p50 = {m: statistics.median(x for phase in by_repeat[m] for x in phase) for m in by_repeat}  # type: ignore[attr-defined]
+        p99 = {m: pooled_p99(by_repeat[m]) for m in by_repeat}  # type: ignore[arg-type]
+        low, high = growth_interval(by_repeat["off"], by_repeat["on"])  # type: ignore[arg-type]
+        added = {m: quantile(summed(of[m], "added"), 0.99) for m in of}
+        lags = {m: summed(of[m], "lag") for m in of}
+        lag = {m: quantile(lags[m], 0.99) for m in lags}
+        late = {m: lags[m][float("inf")] - lags[m].get(0.005, 0.0) for m in lags}
+        cost = {m: costs[(size, m)] for m in ("off", "on")}
+        growth = p99["on"] - p99["off"]
         lines.append(
-            f"{size:>5g} MB | {pair('p50', '7.2f')} {pair('p99', '7.2f')} {growth(size, 'p99'):>22} {pooled(size)} |"
-            f" {pair('added_p99', '8.2f')} {growth(size, 'added_p99'):>21} | {pair('lag_p99', '6.2f')}"
-            f" {pair('lag_over_5ms', '3.0f')} | {pair('loop_ms', '6.1f')} {figure(size, 'on', 'worker_ms'):>9.1f}"
+            f"{size:>5g} MB | {p50['off']:>7.2f}/{p50['on']:<7.2f} {p99['off']:>7.2f}/{p99['on']:<7.2f}"
+            f" {growth:>+7.2f} [{low:+.2f}, {high:+.2f}] |"
+            f" {added['off']:>8.2f}/{added['on']:<7.2f} {added['on'] - added['off']:>+6.2f} |"
+            f" {lag['off']:>6.2f}/{lag['on']:<7.2f} {late['off']:>4.0f}/{late['on']:<4.0f} |"
+            f" {cost['off']['loop_ms']:>6.1f}/{cost['on']['loop_ms']:<7.1f} {cost['on']['worker_ms']:>10.1f}"
         )
+        if size >= 1:
+            verdict = "met" if high < TARGET_MS else "missed" if low >= TARGET_MS else "not shown"
+            verdicts.append(f"{size:g} MB {verdict} (interval's upper end {high:+.2f} ms)")
+    if verdicts:
+        lines.append(f"target, end-to-end p99 grows by under {TARGET_MS:g} ms: " + "; ".join(verdicts))
     return "\n".join(lines)
 
 
@@ -276,8 +310,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--large-rate", type=float, default=2.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3, help="phases per prompt size and mode (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of a phase (default 3 s)")
+    parser.add_argument(
+        "--repeats", type=int, default=20, help="phases per prompt size and mode (default 20, at most 60)"
+    )
     parser.add_argument(
         "--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[0.01, 1.0, 2.0, 5.0]
     )
@@ -350,8 +386,8 @@ def main() -> None:
                     # the proxy's core: it is the proxy's own work, on the proxy's machine.
                     if process_name(child) != PROCESS_NAME:
                         os.sched_setaffinity(child, set(cores))
-        rows = asyncio.run(measure(urls, pids, args))
-    text = table(rows, args)
+        rows, costs = asyncio.run(measure(urls, pids, args))
+    text = table(rows, costs, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

@@ -179,9 +179,18 @@ def prompt_text(body: dict[str, Any]) -> str:
     return " ".join(p for p in prompts(body) if isinstance(p, str))
 
 
+# Characters of a text whose words are counted; a longer text's count is scaled from theirs.
+COUNTED_CHARS = 64 * 1024
+
+
 def count_tokens(text: str) -> int:
-    """A token estimate good enough for usage fields: about 1.3 tokens a word."""
-    return math.ceil(len(text.split()) * 1.3)
+    """A token estimate good enough for usage fields: about 1.3 tokens a word. A text over COUNTED_CHARS
+    is estimated from its head (splitting 5 MB into words took 80-100 ms, a pause in which the simulated
+    server answered nobody else)."""
+    if len(text) <= COUNTED_CHARS:
+        return math.ceil(len(text.split()) * 1.3)
+    words = len(text[:COUNTED_CHARS].split()) * len(text) / COUNTED_CHARS
+    return math.ceil(words * 1.3)
 
 
 # ------------------------------------------------------------------------------------ JSON schema

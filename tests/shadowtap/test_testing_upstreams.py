@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from shadowtap.testing.policies import COUNTED_CHARS, count_tokens
 from shadowtap.testing.upstreams import (
     Reply,
     ServerHandle,
@@ -793,3 +794,12 @@ def test_faults_apply_to_the_responses_api(sim, handle, client):
     sim.policy = fixed(Reply(fault="garbage"))
     with pytest.raises(Exception):  # noqa: B017 - any failure to parse will do
         list(client.responses.create(model="m", input="Reset?", stream=True))
+
+
+def test_a_long_prompts_usage_is_estimated_from_its_head_within_a_few_percent():
+    short = "Where is my order? " * 10
+    assert count_tokens(short) == 52  # 40 words, counted
+    prose = "The customer asked about the refund policy for an order placed last spring. " * 20_000
+    assert len(prose) > 10 * COUNTED_CHARS
+    exact = len(prose.split()) * 1.3
+    assert abs(count_tokens(prose) - exact) / exact < 0.02
