@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -230,6 +231,12 @@ def test_offline_scoring_of_a_recorded_file(tmp_path: Path, proxy, candidate):
     review = [json.loads(line) for line in (tmp_path / "review.jsonl").read_text().splitlines()]
     assert {r["reason"] for r in review} == {"candidate_refused"}
     # The same outcomes as the proxy's in-process scoring gave.
-    embedded = [json.loads(line) for line in (proxy.data_dir / "scores.jsonl").read_text().splitlines()]
+    def embedded_scores() -> list[dict[str, Any]] | None:
+        path = proxy.data_dir / "scores.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines] if len(lines) >= len(scores) else None
+
+    # The proxy's scoring process writes its records a flush (250 ms) after it scores them.
+    embedded = wait_for(embedded_scores, what="the proxy's scoring process to write its scores")
     key = lambda s: (s["pair_id"], s["scorer"], s["side"], s["outcome"])  # noqa: E731
     assert sorted(map(key, scores)) == sorted(map(key, embedded))
