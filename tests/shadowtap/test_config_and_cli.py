@@ -230,6 +230,7 @@ def test_offline_scoring_of_a_recorded_file(tmp_path: Path, proxy, candidate):
     assert pairwise == ["candidate_only_refused"] * 6
     review = [json.loads(line) for line in (tmp_path / "review.jsonl").read_text().splitlines()]
     assert {r["reason"] for r in review} == {"candidate_refused"}
+
     # The same outcomes as the proxy's in-process scoring gave.
     def embedded_scores() -> list[dict[str, Any]] | None:
         path = proxy.data_dir / "scores.jsonl"
