@@ -116,14 +116,17 @@ class ScriptedServer:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
                 body = b""
-                if "content-length" in headers:
-                    body = await reader.readexactly(int(headers["content-length"]))
-                elif headers.get("transfer-encoding") == "chunked":
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                        body += (await reader.readexactly(size + 2))[:-2]
-                        if size == 0:
-                            break
+                try:
+                    if "content-length" in headers:
+                        body = await reader.readexactly(int(headers["content-length"]))
+                    elif headers.get("transfer-encoding") == "chunked":
+                        while True:
+                            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                            body += (await reader.readexactly(size + 2))[:-2]
+                            if size == 0:
+                                break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the client left mid-body (a half-sent request it dropped)
                 served += 1
                 request = ScriptedRequest(head, headers, body, number, served)
                 self.requests.append(request)
@@ -133,6 +136,8 @@ class ScriptedServer:
             self.open_now -= 1
             self.closed += 1
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()  # its socket closed before the server's loop can stop
 
 
 @pytest.fixture
