@@ -147,6 +147,36 @@ def test_a_sigterm_to_the_proxys_process_group_still_scores_every_pair_it_record
     assert failed == {p["id"] for p in pairs}, output
 
 
+def test_a_sigterm_to_the_scoring_process_alone_stops_it_after_a_while_and_it_is_started_again(
+    proxy_factory, primary, candidate
+):
+    candidate.sim.policy = lambda route, body: Reply(text="not JSON")
+    proxy = proxy_factory(
+        primary.base_url, candidate.base_url, candidate={"model": "m"}, server={"shutdown_grace_s": 0.5}
+    )
+    with openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0) as sdk:
+        ask_once = lambda: sdk.chat.completions.create(model="m", messages=ASK, response_format=JSON_FORMAT)  # noqa: E731
+        ask_once()
+        wait_for(lambda: len(scored_pairs(proxy)) == 1, what="the first pair scored")
+        scoring = scoring_of(proxy)
+        first = scoring.pid
+        os.kill(first, signal.SIGTERM)
+        ask_once()  # scored by the process that got the signal: it waits for the proxy to stop it
+        wait_for(lambda: len(scored_pairs(proxy)) == 2, what="the pair sent after the signal scored")
+        assert scoring.pid == first
+        # Nobody stops it: it stops by itself 2 x 0.5 + 15 s after the signal, and is started again.
+        wait_for(
+            lambda: proxy.metric("shadowtap_scoring_process_restarts_total") == 1,
+            timeout=40,
+            what="the restart",
+        )
+        ask_once()
+        wait_for(
+            lambda: len(scored_pairs(proxy)) == 3, timeout=20, what="the pair sent after the restart scored"
+        )
+    assert scoring.pid not in (None, first)
+
+
 def test_pairs_recorded_before_the_proxy_started_are_not_scored_again(proxy_factory, primary, candidate):
     candidate.sim.policy = lambda route, body: Reply(text="not JSON")
     first = proxy_factory(primary.base_url, candidate.base_url, candidate={"model": "m"})
