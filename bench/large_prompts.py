@@ -161,10 +161,7 @@ async def measured_phase(url: str, large: bytes, args: argparse.Namespace) -> di
     # The last pairs are recorded and scored before the other proxy's phase begins, on the same core.
     await asyncio.sleep(SETTLE_S)
     return {
-        "n": len(latencies),
         "latencies": latencies,
-        "p50": statistics.median(latencies),
-        "p99": pct(latencies, 0.99),
         "added": delta(after["added"], before["added"]),
         "lag": delta(after["lag"], before["lag"]),
     }

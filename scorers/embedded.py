@@ -74,14 +74,10 @@ READ_BYTES = 16 * 1024 * 1024
 RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 30.0
 RESTART_STEADY_S = 60.0
-
-
-# How long the scoring process waits for the proxy to stop it after a SIGTERM before it stops by itself:
-# the proxy's shutdown (requests, then shadows, each within the grace; then the sink's flush) and a margin.
-def self_stop_after_s(grace_s: float) -> float:
-    return 2 * grace_s + 15.0
-
-
+# After a SIGTERM the scoring process waits for the proxy to stop it, and stops by itself only after the
+# proxy's shutdown (requests, then shadows, each within `shutdown_grace_s`; then the sink's flush) and
+# this margin.
+SIGTERM_MARGIN_S = 15.0
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("shadowtap.scoring")
@@ -495,7 +491,7 @@ class ScoringProcess:
         # the last is written, so that it is scored. One sent to this process alone is obeyed after a
         # while (and the proxy starts a new scoring process, as for any that ends unasked).
         if self._sigterm_stop is None:
-            after_s = self_stop_after_s(self.grace_s)
+            after_s = 2 * self.grace_s + SIGTERM_MARGIN_S
             log.info("SIGTERM: scoring goes on until the proxy stops it (by itself in %.0f s)", after_s)
             loop = asyncio.get_running_loop()
             self._sigterm_stop = loop.call_later(after_s, self._request_stop, self.grace_s)
