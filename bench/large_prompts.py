@@ -8,8 +8,9 @@ size, the two proxies take turns, in short phases (off then on, then on then off
 "normal" requests at a steady open-loop rate while a second stream of large-prompt requests arrives
 beside them. The normal users' latencies of all the phases of a mode are pooled; the p99's growth comes
 with a 95% bootstrap interval over the phase pairs, and the target (under 2 ms) is called met only when
-the whole interval is under it (and there are at least 10 phase pairs). The first row (10 KB "large" prompts, parsed and recorded on the loop
-like any small request) is what mirroring costs at all; the rows below it read against it.
+the whole interval is under it, with at least 10 phase pairs. The first row (10 KB "large" prompts,
+parsed and recorded on the loop like any small request) is what mirroring costs at all; the rows below
+it read against it.
 
 Latency on a shared machine moves with whatever else runs on it, so the table also gives figures that do
 not: the CPU time the proxy's event-loop thread spent per large prompt, and that of the processes it
