@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shadowtap import fastjson
+
 MIRRORED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
 
@@ -21,7 +23,7 @@ def candidate_body(route: str, body: dict[str, Any], model: str | None) -> bytes
         out["model"] = model
     if route == "/v1/responses":
         out["store"] = False
-    return json.dumps(out).encode()
+    return fastjson.dumps(out)
 
 
 def is_json(content_type: str | None) -> bool:

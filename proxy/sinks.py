@@ -7,7 +7,6 @@ Kafka, kept in a bounded spill file and retried) — never dropped silently.
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import queue
@@ -16,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from shadowtap import fastjson
 from shadowtap.metrics import Metrics
 
 log = logging.getLogger("shadowtap.sink")
@@ -49,12 +49,7 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     line = getattr(record, "line", None)
     if isinstance(line, (bytes, bytearray, mmap.mmap)):
         return bytes(line)
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (valid JSON as a "\ud800" escape) has no UTF-8 form: keep it escaped.
-        return json.dumps(record, separators=(",", ":")).encode("ascii")
+    return fastjson.dumps(record)
 
 
 class ThreadedSink:
