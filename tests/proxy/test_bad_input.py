@@ -194,6 +194,22 @@ def test_a_lone_surrogate_escape_is_served_mirrored_and_recorded(proxy, primary,
     assert proxy.metric("shadowtap_sink_records_total", sink="jsonl", outcome="failed") == 0
 
 
+def test_nan_in_a_request_reaches_the_primary_as_sent_and_is_null_in_the_record(proxy, primary, candidate):
+    # Python's json reads NaN (JSON has no such value); the record and the candidate's copy stay JSON.
+    raw = b'{"model": "m", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}'
+
+    via = httpx.post(proxy.base_url + "/chat/completions", content=raw, headers=JSON)
+
+    assert via.status_code == 200
+    assert primary.sim.received[-1].body == raw
+    [pair] = proxy.pairs(expected=1)
+    validate_pair(pair)
+    assert "temperature" in pair["request"] and pair["request"]["temperature"] is None
+    [mirrored] = candidate.sim.received
+    assert json.loads(mirrored.body, parse_constant=lambda name: pytest.fail(f"{name} sent")) is not None
+    assert mirrored.json["temperature"] is None
+
+
 def test_a_client_that_gives_up_on_a_plain_answer_hangs_up_on_the_primary(proxy, primary):
     # Called directly, an LLM server stops generating for a client that left; through the proxy too.
     primary.sim.policy = lambda route, body: Reply(text="Too late.", ttft_s=60)
