@@ -49,4 +49,3 @@ def test_nan_and_infinities_are_written_as_null_so_the_line_stays_json():
         "temperature": None,
         "top_p": None,
     }
-
