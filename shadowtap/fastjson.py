@@ -4,7 +4,8 @@ recording a large prompt costs; what it cannot encode goes to the standard libra
 
 Both give compact UTF-8 JSON that parses to the same values, with two differences in what orjson writes:
 floats in its shortest form (`1e-07` is `1e-7`), and NaN and infinities (which JSON has no form for, and
-which Python's `json` reads from a body that holds them) as `null`.
+which Python's `json` reads from a body that holds them) as `null` — in a value that goes to the standard
+library instead, they stay `NaN` and `Infinity`, as before.
 """
 
 from __future__ import annotations
