@@ -5,10 +5,12 @@ Starts a simulated primary and candidate and two `shadowtap serve` processes on 
 settings (`shadow.max_body_bytes` 8 MiB), one mirroring every chat request and one mirroring none (the
 normal users ask on /v1/completions, which neither mirrors unless `--mirror-everyone`). For each prompt
 size, the two proxies take turns, in short phases (off then on, then on then off), getting small
-"normal" requests at a steady open-loop rate while a second stream of large-prompt requests arrives
-beside them. The normal users' latencies of all the phases of a mode are pooled; the p99's growth comes
-with a 95% bootstrap interval over the phase pairs, and the target (under 2 ms) is called met only when
-the whole interval is under it, with at least 10 phase pairs. The first row (10 KB "large" prompts,
+"normal" requests arriving at random (a Poisson stream, open loop) while a second such stream of
+large-prompt requests arrives beside them, sent by a process of its own (as their users would send them
+from machines of their own). The two phases of a pair get the same arrival times, each pair its own.
+The normal users' latencies of all the phases of a mode are pooled; the p99's growth comes with a 95%
+bootstrap interval over the phase pairs, and the target (under 2 ms) is called met only when the whole
+interval is under it, with at least 10 phase pairs. The first row (10 KB "large" prompts,
 parsed and recorded on the loop like any small request) is what mirroring costs at all; the rows below
 it read against it.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -34,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -60,6 +64,7 @@ CHAT_PATH, NORMAL_PATH = "/v1/chat/completions", "/v1/completions"
 # it added (client-facing minus the primary's, per request and route) is theirs alone.
 NORMAL = {"model": "bench", "prompt": "Summarise the refund policy in one line."}
 LAG_INTERVAL_S = 0.002  # the proxies' event-loop lag sampler: a timer every 2 ms
+IDLE_S = 2.0  # before those, the proxy left idle: what its loop and helpers spend doing nothing
 ALONE = 10  # large prompts sent one after another, with nothing else, to measure what one costs
 SETTLE_S = 1.0  # after a phase, for its last pairs to be recorded and scored
 BOOTSTRAP = 2000  # resamples of the phase pairs for the growth's interval
@@ -74,38 +79,69 @@ def large_request(megabytes: float) -> bytes:
     return json.dumps({"model": "bench", "messages": [{"role": "user", "content": text}]}).encode()
 
 
+def arrivals(rate: float, seconds: float, rng: random.Random) -> list[float]:
+    """Offsets (s) of a Poisson stream of `rate` per second over `seconds`: open-loop users arriving at
+    random, never in step with another stream."""
+    offsets, at = [], rng.expovariate(rate)
+    while at < seconds:
+        offsets.append(at)
+        at += rng.expovariate(rate)
+    return offsets
+
+
+def schedule(repeat: int, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """The normal users' and the large prompts' arrival offsets for one phase pair: the off and on phases
+    of a pair get the same ones (so a difference between them is the mode's, not the draw's), each pair
+    its own."""
+    rng = random.Random(repeat)
+    return arrivals(args.rate, args.seconds, rng), arrivals(args.large_rate, args.seconds, rng)
+
+
+def large_sender(conn: Connection) -> None:
+    """A process of its own that sends the large prompts, as their users would from machines of their own:
+    writing megabytes from the normal users' loop would hold up their requests in the load generator
+    itself, not in the proxy. Takes (url, body, offsets, start) and answers with how many were answered."""
+
+    async def send(url: str, body: bytes, offsets: list[float], start: float) -> int:
+        client, answered = RawClient(url), 0
+
+        async def one(offset: float) -> None:
+            nonlocal answered
+            await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
+            await client.request(body, False)
+            answered += 1
+
+        if offsets:
+            await asyncio.wait([asyncio.ensure_future(one(o)) for o in offsets], timeout=60)
+        client.close()
+        return answered
+
+    while (job := conn.recv()) is not None:
+        conn.send(asyncio.run(send(*job)))
+
+
 async def phase(
-    url: str, rate: float, large: bytes, large_rate: float, seconds: float
+    url: str, normal_at: list[float], large: bytes, large_at: list[float], sender: Connection
 ) -> tuple[list[float], int]:
-    """Normal users' latencies (ms) over `seconds`, with large prompts arriving beside them; and how many
-    large prompts were sent."""
-    normal, heavy = RawClient(url.replace(CHAT_PATH, NORMAL_PATH)), RawClient(url)
+    """Normal users' latencies (ms) at `normal_at`, with large prompts sent by the sender process at
+    `large_at` (offsets in s from the phase's start); and how many large prompts were answered."""
+    normal = RawClient(url.replace(CHAT_PATH, NORMAL_PATH))
     body = json.dumps(NORMAL).encode()
     for _ in range(20):
         await normal.request(body, False)
     latencies: list[float] = []
-    tasks: set[asyncio.Task[None]] = set()
 
-    async def one() -> None:
+    async def one(offset: float) -> None:
+        await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
         latencies.append(await normal.request(body, False))
 
-    async def big() -> None:
-        await heavy.request(large, False)
-
-    start = time.perf_counter()
-    next_normal = next_large = start
-    while (now := time.perf_counter()) - start < seconds:
-        if now >= next_normal:
-            tasks.add(asyncio.ensure_future(one()))
-            next_normal += 1 / rate
-        if now >= next_large:
-            tasks.add(asyncio.ensure_future(big()))
-            next_large += 1 / large_rate
-        await asyncio.sleep(max(0.0, min(next_normal, next_large) - time.perf_counter()))
-    await asyncio.wait(tasks, timeout=30)
+    start = time.perf_counter() + 0.05  # the sender's first request is on time too
+    sender.send((url, large, large_at, start))
+    if normal_at:
+        await asyncio.wait([asyncio.ensure_future(one(o)) for o in normal_at], timeout=60)
+    answered = await asyncio.get_running_loop().run_in_executor(None, sender.recv)
     normal.close()
-    heavy.close()
-    return latencies, int(seconds * large_rate) + 1
+    return latencies, answered
 
 
 async def start_workers(urls: dict[str, str]) -> None:
@@ -155,10 +191,15 @@ def quantile(buckets: dict[float, float], q: float) -> float:
     return low * 1000
 
 
-async def measured_phase(url: str, large: bytes, args: argparse.Namespace) -> dict[str, object]:
+async def measured_phase(
+    url: str, large: bytes, arrivals_at: tuple[list[float], list[float]], sender: Connection
+) -> dict[str, object]:
     """The normal users' latencies beside large prompts, and the proxy's histograms over the phase."""
     before = buckets(url)
-    latencies, _ = await phase(url, args.rate, large, args.large_rate, args.seconds)
+    normal_at, large_at = arrivals_at
+    latencies, answered = await phase(url, normal_at, large, large_at, sender)
+    if answered < len(large_at):
+        raise RuntimeError(f"{len(large_at) - answered} of {len(large_at)} large prompts got no answer")
     after = buckets(url)
     # The last pairs are recorded and scored before the other proxy's phase begins, on the same core.
     await asyncio.sleep(SETTLE_S)
@@ -171,22 +212,30 @@ async def measured_phase(url: str, large: bytes, args: argparse.Namespace) -> di
 
 async def alone(url: str, pid: int, large: bytes) -> dict[str, float]:
     """What one large prompt costs, sent ALONE times one after another with nothing else: CPU ms of the
-    proxy's event-loop thread, and of the processes it started."""
+    proxy's event-loop thread, and of the processes it started, less what they spend idle over as long
+    (the loop-lag sampler's timer, the scoring process's polling), measured just before."""
     client = RawClient(url)
-    loop_before, workers_before = cpu(pid)
+    idle_before, idle_start = cpu(pid), time.perf_counter()
+    await asyncio.sleep(IDLE_S)
+    idle_after = cpu(pid)
+    idle_rate = [
+        (a - b) / (time.perf_counter() - idle_start) for a, b in zip(idle_after, idle_before, strict=True)
+    ]
+    before, start = cpu(pid), time.perf_counter()
     for _ in range(ALONE):
         await client.request(large, False)
     await asyncio.sleep(2.0)  # the last records are written and scored
-    loop_after, workers_after = cpu(pid)
+    after, elapsed = cpu(pid), time.perf_counter() - start
     client.close()
-    return {
-        "loop_ms": (loop_after - loop_before) * 1000 / ALONE,
-        "worker_ms": (workers_after - workers_before) * 1000 / ALONE,
-    }
+    loop_ms, worker_ms = (
+        max(0.0, (a - b - rate * elapsed) * 1000 / ALONE)
+        for a, b, rate in zip(after, before, idle_rate, strict=True)
+    )
+    return {"loop_ms": loop_ms, "worker_ms": worker_ms}
 
 
 async def measure(
-    urls: dict[str, str], pids: dict[str, int], args: argparse.Namespace
+    urls: dict[str, str], pids: dict[str, int], sender: Connection, args: argparse.Namespace
 ) -> tuple[list[dict[str, object]], dict[tuple[float, str], dict[str, float]]]:
     """The phases of every size and mode, and what one large prompt costs each proxy at each size."""
     rows: list[dict[str, object]] = []
@@ -197,7 +246,7 @@ async def measure(
             # Off then on, then on then off: a drift in the machine's load over a size's phases does not
             # read as one mode's cost.
             for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
-                row = await measured_phase(urls[mode], large, args)
+                row = await measured_phase(urls[mode], large, schedule(repeat, args), sender)
                 rows.append({"size": size, "mode": mode, "repeat": repeat, **row})
             print(f"  {size} MB: phase pair {repeat + 1} of {args.repeats} done", file=sys.stderr)
         for mode in ("off", "on"):
@@ -236,7 +285,7 @@ def table(
     lines = [
         "other users' latency with large prompts mirrored at 100% vs mirroring off (ms; loopback, simulated upstreams)",
         f"machine: {os.cpu_count()} cores; normal {args.rate}/s on {NORMAL_PATH}, large prompts {args.large_rate}/s on "
-        f"{CHAT_PATH}, {args.seconds}s per phase, {args.repeats} phases per size and mode (off and on in turn); "
+        f"{CHAT_PATH} (both Poisson arrivals, the same for the two phases of a pair), {args.seconds}s per phase, {args.repeats} phases per size and mode (off and on in turn); "
         + (
             "each proxy on core 0 with its scoring process and "
             + ("" if not args.offload_anywhere else "(on any core) ")
@@ -262,7 +311,8 @@ def table(
         f" loop lag: how late the proxy's event loop ran a {LAG_INTERVAL_S * 1000:g} ms timer (p99, and the"
         " samples over 5 ms late)",
         f"then {ALONE} large prompts alone: loop ms = CPU of the proxy's event-loop thread per large prompt"
-        " (its own request included); helpers ms = CPU of the processes it started (offload worker, scoring)",
+        " (its own request included); helpers ms = CPU of the processes it started (offload worker, scoring);"
+        " both less what they spend idle over as long",
         f"{'prompt':>7} | {'end to end p50':>15} {'p99 off/on':>15} {'p99 + [95%]':>24} |"
         f" {'added p99 off/on':>16} {'+':>6} | {'lag p99 off/on':>14} {'>5ms':>9} | {'loop ms off/on':>14}"
         f" {'helpers ms':>10}",
@@ -387,7 +437,16 @@ def main() -> None:
                     # the proxy's core: it is the proxy's own work, on the proxy's machine.
                     if process_name(child) != PROCESS_NAME:
                         os.sched_setaffinity(child, set(cores))
-        rows, costs = asyncio.run(measure(urls, pids, args))
+        ours, theirs = multiprocessing.get_context("spawn").Pipe()
+        sender = multiprocessing.get_context("spawn").Process(
+            target=large_sender, args=(theirs,), daemon=True
+        )
+        sender.start()  # on the load generator's cores, as this process is
+        try:
+            rows, costs = asyncio.run(measure(urls, pids, ours, args))
+        finally:
+            ours.send(None)
+            sender.join(10)
     text = table(rows, costs, args)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
