@@ -7,7 +7,8 @@ normal users ask on /v1/completions, which neither mirrors unless `--mirror-ever
 size, the two proxies take turns, in short phases (off then on, then on then off), getting small
 "normal" requests arriving at random (a Poisson stream, open loop) while a second such stream of
 large-prompt requests arrives beside them, sent by a process of its own (as their users would send them
-from machines of their own). The two phases of a pair get the same arrival times, each pair its own.
+from machines of their own). The two phases of a pair get the same arrival times, each pair its own;
+one unmeasured phase per mode comes first at each size.
 The normal users' latencies of all the phases of a mode are pooled; the p99's growth comes with a 95%
 bootstrap interval over the phase pairs, and the target (under 2 ms) is called met only when the whole
 interval is under it, with at least 10 phase pairs. The first row (10 KB "large" prompts,
@@ -242,6 +243,8 @@ async def measure(
     costs: dict[tuple[float, str], dict[str, float]] = {}
     for size in args.sizes:
         large = large_request(size)
+        for mode in ("off", "on"):  # unmeasured: a size's first large prompts cost more (first-touch memory)
+            await measured_phase(urls[mode], large, schedule(-1, args), sender)
         for repeat in range(args.repeats):
             # Off then on, then on then off: a drift in the machine's load over a size's phases does not
             # read as one mode's cost.
